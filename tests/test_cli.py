@@ -1,0 +1,108 @@
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tinylm.cli import main
+
+TINY = ["model.n_layer=1", "model.d_model=32", "model.n_heads=2", "model.n_kv_heads=1", "model.max_seq_len=32",
+        "train.batch_size=4", "train.max_steps=6", "train.warmup_steps=1", "train.eval_every=0",
+        "train.ckpt_every=3", "train.device=cpu", "train.peak_tflops=1", "data.tokenizer=byte", "data.workers=1"]
+
+
+def run(capsys, *args):
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err: str) -> str:
+    # what a terminal shows: a progress bar redraws itself after each carriage return
+    lines = [line.split("\r")[-1] for line in err.split("\n")]
+    lines = [line for line in lines if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tinylm: error: ")
+    return lines[0]
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def test_train_eval_sample_end_to_end(capsys, text_file, tmp_path):
+    code, out, _ = run(capsys, "train", f"data.path={text_file}", *TINY, "--out", "runs/e2e")
+    assert code == 0
+    assert "bits/byte" in out and (tmp_path / "runs/e2e/loss.png").is_file()
+    code, out, _ = run(capsys, "eval", "runs/e2e", "--json", "report.json")
+    assert code == 0 and "bits/byte" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["perplexity"] > 1 and 0 < report["bits_per_byte"] < 8.1
+    code, out, _ = run(capsys, "sample", "runs/e2e", "--prompt", "The quick", "--max-tokens", "20")
+    assert code == 0 and out.startswith("The quick")
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "does not exist|not found"),
+    (b"", "empty|no text"),
+    (b"\x00\x01\x02\xff\xfe binary junk \x00" * 50, "not UTF-8|binary"),
+])
+def test_bad_corpus_files_give_one_clear_line(capsys, tmp_path, content, expected):
+    path = tmp_path / "corpus.txt"
+    if content is not None:
+        path.write_bytes(content)
+    code, _, err = run(capsys, "train", f"data.path={path}", *TINY, "--out", "runs/bad")
+    assert code == 2
+    line = one_error_line(err)
+    assert "corpus.txt" in line
+    assert re.search(expected, line), line
+
+
+def test_unknown_config_key_names_the_closest(capsys):
+    code, _, err = run(capsys, "train", "train.lrr=1e-3")
+    assert code == 2
+    assert "'train.lr'" in one_error_line(err)
+
+
+def test_existing_run_is_not_overwritten_without_asking(capsys, text_file, tmp_path):
+    assert run(capsys, "train", f"data.path={text_file}", *TINY, "--out", "runs/a")[0] == 0
+    before = (tmp_path / "runs/a/checkpoint/model.safetensors").read_bytes()
+    code, _, err = run(capsys, "train", f"data.path={text_file}", *TINY, "--out", "runs/a")
+    assert code == 2 and "--resume" in one_error_line(err)
+    assert (tmp_path / "runs/a/checkpoint/model.safetensors").read_bytes() == before
+
+
+def test_resume_of_a_corrupt_checkpoint_fails_and_keeps_the_run(capsys, text_file, tmp_path):
+    assert run(capsys, "train", f"data.path={text_file}", *TINY, "--out", "runs/c")[0] == 0
+    weights = tmp_path / "runs/c/checkpoint/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    files = {p: p.read_bytes() for p in (tmp_path / "runs/c").rglob("*") if p.is_file()}
+    code, _, err = run(capsys, "train", "--out", "runs/c", "--resume", "train.max_steps=9")
+    assert code == 2 and "corrupt" in one_error_line(err)
+    assert {p: p.read_bytes() for p in (tmp_path / "runs/c").rglob("*") if p.is_file()} == files
+
+
+def test_speedrun_reports_bits_per_byte(capsys, text_file, tmp_path):
+    code, out, _ = run(capsys, "speedrun", "--text", str(text_file), "--seconds", "4", "--json", "sr.json",
+                       "model.n_layer=1", "model.d_model=32", "model.n_heads=2", "model.n_kv_heads=2")
+    assert code == 0
+    report = json.loads((tmp_path / "sr.json").read_text())
+    assert report["val_bits_per_byte"] == pytest.approx(report["val_nats_per_byte"] / 0.6931471805599453)
+    assert report["train_tokens"] > 0 and report["params"] > 0
+    assert 4 <= report["seconds"] < 20
+    assert report["val_bytes"] == len(text_file.read_bytes()) - int(len(text_file.read_bytes()) * 0.9)
+
+
+def test_user_errors_print_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tinylm.cli", "eval", str(tmp_path / "no-such-run")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "no-such-run" in one_error_line(proc.stderr)

@@ -1,0 +1,185 @@
+"""The `tinylm` command: a thin face over functions scripts can call directly.
+
+User errors (TinyLMError) print one line and exit 2; Ctrl-C during training
+saves a checkpoint and exits 130 with the command that resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from tinylm.errors import TinyLMError
+
+EPILOG_TRAIN = """examples:
+  tinylm train                                   # built-in corpus, default model, runs/default
+  tinylm train recipes/quickstart.yaml --out runs/qs
+  tinylm train recipes/quickstart.yaml model.n_layer=6 train.lr=3e-3
+  tinylm train data.path=corpus.txt data.tokenizer=byte train.max_seconds=600
+  tinylm train --out runs/qs --resume           # continue from the last checkpoint
+"""
+
+
+def _split_recipe(args: list[str]) -> tuple[str | None, list[str]]:
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from tinylm.checkpoint import CHECKPOINT
+    from tinylm.config import load_config
+    from tinylm.data import TokenData, prepare_cached
+    from tinylm.tokenizer import Tokenizer
+    from tinylm.train import train
+
+    recipe, overrides = _split_recipe(a.args)
+    out = Path(a.out or f"runs/{Path(recipe).stem if recipe else 'default'}")
+    has_run = (out / CHECKPOINT).exists() or (out / "metrics.jsonl").exists()
+    if a.resume:
+        if not (out / "config.yaml").is_file():
+            raise TinyLMError(f"nothing to resume in '{out}' (no config.yaml); start it without --resume")
+        import yaml
+
+        cfg = load_config(recipe, overrides, base=yaml.safe_load((out / "config.yaml").read_text()))
+    else:
+        if has_run and not a.overwrite:
+            raise TinyLMError(f"'{out}' already holds a run; pass --resume to continue it or --overwrite to replace it")
+        cfg = load_config(recipe, overrides)
+    data_dir = prepare_cached(cfg.data)
+    data, tokenizer = TokenData.load(data_dir), Tokenizer.load(data_dir)
+    if has_run and a.overwrite and not a.resume:
+        for name in (CHECKPOINT, "metrics.jsonl", "loss.png"):
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    try:
+        result = train(cfg, data, tokenizer, out, resume=a.resume, init_from=a.init)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; checkpoint saved. Continue with: tinylm train --out {out} --resume", file=sys.stderr)
+        sys.exit(130)
+    print(f"done: {result.steps} steps, {result.tokens:,} tokens in {result.seconds:.0f} s "
+          f"({result.tokens_per_second:,.0f} tokens/s, MFU {100 * result.mfu:.1f}% of {result.peak_flops / 1e12:.2f} TFLOP/s)")
+    print(f"validation: loss {result.val_loss:.4f} nats/token, {result.val_bits_per_byte:.4f} bits/byte")
+    print(f"run saved in {out} (checkpoint/, metrics.jsonl, loss.png)")
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    from tinylm.eval import evaluate
+
+    report = evaluate(a.run, data_path=a.text, max_tokens=a.max_tokens, batch_size=a.batch_size, device=a.device)
+    print(f"val loss {report['val_loss']:.4f} nats/token | perplexity {report['perplexity']:.2f} | "
+          f"{report['bits_per_byte']:.4f} bits/byte  ({report['tokens']:,} tokens)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def cmd_sample(a: argparse.Namespace) -> None:
+    from tinylm.eval import sample
+
+    for i in range(a.num_samples):
+        print(sample(a.run, a.prompt, a.max_tokens, a.temperature, a.top_k, a.top_p, seed=a.seed + i, device=a.device))
+        if i + 1 < a.num_samples:
+            print("-" * 40)
+
+
+def cmd_data_prepare(a: argparse.Namespace) -> None:
+    from tinylm.data import prepare
+    from tinylm.data.prepare import build_tokenizer
+
+    tokenizer = build_tokenizer(a.tokenizer, a.source, a.text_field, a.vocab_size)
+    out = prepare(a.source, a.out, tokenizer, val_fraction=a.val_fraction, text_field=a.text_field,
+                  workers=a.workers, overwrite=a.overwrite)
+    meta = json.loads((out / "meta.json").read_text())
+    for split, info in meta["splits"].items():
+        print(f"{split}: {info['tokens']:,} tokens from {info['bytes']:,} bytes "
+              f"({info['tokens'] / max(info['bytes'], 1):.3f} tokens/byte)")
+    print(f"prepared data in {out}")
+
+
+def cmd_speedrun(a: argparse.Namespace) -> None:
+    from tinylm.speedrun import speedrun
+
+    report = speedrun(a.text, a.seconds, a.overrides, out=a.out, start_time=a.start_time)
+    print(json.dumps(report, indent=2))
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinylm", description="Build, train and evaluate small language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (built-in corpus unless data.path=... is given)",
+                       description="Train a model. Settings: defaults < RECIPE (YAML) < key=value overrides.",
+                       epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
+                   help="a YAML recipe, then overrides such as model.n_layer=6 train.lr=3e-3")
+    p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--init", metavar="RUN_DIR", help="start from the weights of another run (same model shape)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="validation loss, perplexity and bits per byte of a run")
+    p.add_argument("run", metavar="RUN_OR_CKPT")
+    p.add_argument("--text", help="score this text file/folder/.jsonl instead of the run's validation split "
+                                  "(its val split, tokenized with the run's tokenizer)")
+    p.add_argument("--max-tokens", type=int, default=None, help="score only the first N validation tokens")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sample", help="generate text from a run")
+    p.add_argument("run", metavar="RUN_OR_CKPT")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=0.95, help="1 = off")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_sample)
+
+    data = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("prepare", help="tokenize a corpus into memory-mapped train/val shards")
+    p.add_argument("source", nargs="?", default="", help="text file, folder, .jsonl or .parquet (default: built-in corpus)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tokenizer", default="bpe", help="byte | bpe (trained on the corpus) | path to tokenizer.json")
+    p.add_argument("--vocab-size", type=int, default=4096, help="for --tokenizer bpe")
+    p.add_argument("--text-field", default="text", help="field holding the text in .jsonl/.parquet")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--workers", type=int, default=0, help="tokenizer processes (0 = one per core)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_data_prepare)
+
+    p = sub.add_parser("speedrun", help="train a byte-level model on a text file for a fixed wall-clock budget",
+                       description="Train a byte-level model on FILE (first 90%% train, last 10%% validation) for "
+                                   "SECONDS of wall-clock time, setup included, then score the whole validation split.")
+    p.add_argument("--text", required=True, metavar="FILE")
+    p.add_argument("--seconds", type=float, default=180.0)
+    p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    p.add_argument("--out", help="save the trained model as a run directory")
+    p.add_argument("overrides", nargs="*", help="config overrides (key=value) on top of the speedrun settings")
+    p.set_defaults(func=cmd_speedrun)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    start_time = time.perf_counter()  # heavy imports happen inside the commands, after this
+    args = build_parser().parse_args(argv)
+    args.start_time = start_time
+    try:
+        args.func(args)
+    except TinyLMError as e:
+        print(f"tinylm: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

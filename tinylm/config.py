@@ -1,0 +1,198 @@
+"""Typed configuration: dataclasses with defaults, YAML recipes, CLI overrides.
+
+A run's configuration is `Config` (model, data, train, eval). Recipes are YAML
+files that override the defaults; `key.sub=value` arguments override the
+recipe. Every key is checked: an unknown one is an error that names the
+closest valid key. This module knows nothing of models or training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tinylm.errors import TinyLMError
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 0  # 0: taken from the tokenizer
+    n_layer: int = 6
+    d_model: int = 256
+    n_heads: int = 8
+    n_kv_heads: int = 4  # grouped-query attention; must divide n_heads
+    ffn_hidden: int = 0  # 0: 8/3 * d_model rounded up to a multiple of 32 (SwiGLU at ~4x FFN cost)
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # text file, folder, .jsonl, .parquet or a prepared shard folder; "" = built-in corpus
+    tokenizer: str = "bpe"  # "byte", "bpe" (trained on the corpus), or a tokenizer.json path
+    vocab_size: int = 4096  # for tokenizer=bpe
+    text_field: str = "text"  # the field holding text in .jsonl / .parquet
+    val_fraction: float = 0.05
+    cache_dir: str = "data_cache"  # where prepared shards are kept, keyed by corpus and tokenizer
+    workers: int = 0  # tokenization processes; 0 = one per CPU core
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
+    compile: bool = False
+    batch_size: int = 16  # sequences per micro-batch
+    grad_accum: int = 1
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.0  # final lr as a fraction of lr
+    schedule: str = "wsd"  # cosine | wsd (warmup-stable-decay) | constant
+    warmup_steps: int = 50
+    decay_fraction: float = 0.4  # wsd: share of the run spent decaying
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    max_steps: int = 2000
+    max_tokens: int = 0  # 0: no token limit
+    max_seconds: float = 0.0  # 0: no time limit; otherwise the schedule follows wall-clock time
+    eval_every: int = 250
+    eval_tokens: int = 65536  # validation tokens per periodic evaluation (0 = whole split)
+    ckpt_every: int = 500
+    log_every: int = 10
+    peak_tflops: float = 0.0  # for MFU; 0 = look up the device
+
+
+@dataclass
+class EvalConfig:
+    max_tokens: int = 0  # 0: the whole validation split
+    batch_size: int = 16
+    prompt: str = "ROMEO:"
+    sample_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int = 0
+    top_p: float = 0.95
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _all_keys(cls, prefix: str = "") -> list[str]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _all_keys(hints[f.name], name + ".")
+        else:
+            keys.append(name)
+    return keys
+
+
+def _unknown_key(key: str, cls=Config) -> TinyLMError:
+    close = difflib.get_close_matches(key, _all_keys(cls), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid sections: {', '.join(f.name for f in dataclasses.fields(cls))}"
+    return TinyLMError(f"unknown config key '{key}'{hint}")
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _coerce(key: str, value, typ):
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise TinyLMError(f"config key '{key}' needs {_TYPE_NAMES[typ]}, got {value!r}")
+
+
+def _apply(obj, values: dict, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for name, value in values.items():
+        key = prefix + str(name)
+        if name not in names:
+            raise _unknown_key(key)
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise TinyLMError(f"config key '{key}' is a section; give it a mapping, e.g. {key}.<field>=...")
+            _apply(getattr(obj, name), value, key + ".")
+        else:
+            setattr(obj, name, _coerce(key, value, typ))
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """Turn ["train.lr=3e-3", "model.n_layer=6"] into a nested dict (values parsed as YAML scalars)."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise TinyLMError(f"override '{item}' is not of the form key=value (e.g. train.lr=3e-3)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        if isinstance(value, str):  # YAML 1.1 reads "3e-3" (no dot) as a string; numbers win
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise TinyLMError(f"override '{item}' sets a field inside a non-section key")
+        node[parts[-1]] = value
+    return tree
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None) -> Config:
+    """Defaults, then `base` (a saved config dict), then the YAML recipe, then the overrides."""
+    cfg = Config()
+    if base:
+        _apply(cfg, base)
+    if recipe:
+        path = Path(recipe)
+        if not path.is_file():
+            raise TinyLMError(f"recipe '{recipe}' not found; recipes live in recipes/*.yaml")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise TinyLMError(f"recipe '{recipe}' is not valid YAML ({type(e).__name__}); fix or regenerate it")
+        if not isinstance(values, dict):
+            raise TinyLMError(f"recipe '{recipe}' must be a mapping of sections (model:, data:, train:, eval:)")
+        _apply(cfg, values)
+    if overrides:
+        _apply(cfg, parse_overrides(overrides))
+    return cfg

@@ -1,0 +1,53 @@
+"""Sampling with a KV cache: temperature, top-k, top-p (nucleus), EOS stop."""
+
+from __future__ import annotations
+
+import torch
+
+from tinylm.model.llama import KVCache, Transformer
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k and outside the smallest set of mass >= top_p."""
+    if top_k and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the mass before it already reaches top_p; the first token always stays
+        drop = probs.cumsum(-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+@torch.no_grad()
+def generate(model: Transformer, prompt: list[int], max_new_tokens: int, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
+             generator: torch.Generator | None = None) -> list[int]:
+    """Continue `prompt` (token ids); returns only the new ids, stopping after EOS or max_new_tokens.
+
+    temperature 0 is greedy decoding. The prompt is truncated from the left to fit the context.
+    """
+    model.eval()
+    device = model.embed.weight.device
+    max_len = model.cfg.max_seq_len
+    prompt = prompt[-(max_len - 1):] if prompt else [eos_id if eos_id is not None else 0]
+    max_new_tokens = min(max_new_tokens, max_len - len(prompt))
+    cache = KVCache(model.cfg, 1, max_len, device, model.embed.weight.dtype)
+    logits = model(torch.tensor([prompt], device=device), cache=cache, start=0)[:, -1]
+    pos, out = len(prompt), []
+    for _ in range(max_new_tokens):
+        if temperature == 0:
+            nxt = logits.argmax(-1, keepdim=True)
+        else:
+            probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+            nxt = torch.multinomial(probs, 1, generator=generator)
+        token = int(nxt)
+        out.append(token)
+        if token == eos_id or pos >= max_len:
+            break
+        logits = model(nxt.view(1, 1), cache=cache, start=pos)[:, -1]
+        pos += 1
+    return out

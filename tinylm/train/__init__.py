@@ -1,0 +1,10 @@
+"""Training: the optimisation loop, schedules, throughput/MFU accounting and the loss plot.
+
+Uses the model and data packages; writes run directories through
+tinylm.checkpoint. Must not import evaluation or export.
+"""
+
+from tinylm.train.loop import StepInfo, TrainResult, train
+from tinylm.train.schedule import lr_at
+
+__all__ = ["StepInfo", "TrainResult", "lr_at", "train"]

@@ -1,0 +1,253 @@
+"""The training loop: AdamW, warmup + cosine/WSD schedule, accumulation, clipping,
+periodic validation, atomic checkpoints and exact resume.
+
+Exact resume: batches depend only on (seed, step) and the checkpoint holds the
+optimizer and every RNG state, so on CPU a resumed run repeats the losses an
+uninterrupted run would have logged. Optional behaviour plugs in as callbacks
+called after every optimizer step, so the loop itself stays flat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from tinylm.checkpoint import load_checkpoint, save_checkpoint
+from tinylm.config import Config
+from tinylm.data.tokens import TokenData
+from tinylm.errors import TinyLMError
+from tinylm.model import Transformer, sum_nats
+from tinylm.tokenizer import Tokenizer
+from tinylm.train.perf import peak_flops
+from tinylm.train.plot import plot_metrics
+from tinylm.train.schedule import lr_at
+
+
+@dataclass
+class StepInfo:
+    step: int
+    loss: float | None  # mean micro-batch loss; None unless logged this step (reading it syncs the GPU)
+    lr: float
+    tokens: int
+    seconds: float
+    model: Transformer
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens: int
+    seconds: float
+    tokens_per_second: float
+    mfu: float
+    peak_flops: float
+    val_loss: float
+    val_bits_per_byte: float
+    params: dict
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TinyLMError(f"train.device={name} but no CUDA GPU is visible; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision not in ("auto", "fp32"):
+        raise TinyLMError(f"train.precision='{precision}' is not one of auto, fp32, bf16")
+    return contextlib.nullcontext()
+
+
+def build_optimizer(model: Transformer, cfg: Config, device: torch.device) -> torch.optim.AdamW:
+    # matrices (and the embedding) decay; norm gains do not, as decaying a gain toward 0 only hurts
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), fused=fused)
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def progress_of(cfg: Config, step: int, tokens: int, seconds: float) -> float:
+    t = cfg.train
+    parts = [step / t.max_steps if t.max_steps else 0.0,
+             tokens / t.max_tokens if t.max_tokens else 0.0,
+             seconds / t.max_seconds if t.max_seconds else 0.0]
+    if not (t.max_steps or t.max_tokens or t.max_seconds):
+        raise TinyLMError("set a stop condition: train.max_steps, train.max_tokens or train.max_seconds")
+    return max(parts)
+
+
+def validate(model: Transformer, data: TokenData, cfg: Config, autocast, max_tokens: int) -> tuple[float, float]:
+    """(loss in nats per token, bits per byte) on the validation split."""
+    batches = data.val_batches(cfg.eval.batch_size, cfg.model.max_seq_len, max_tokens)
+    nats, count = sum_nats(model, batches, autocast)
+    return nats / count, data.bits_per_byte(nats, count)
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from, so the log has no repeats."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Path | None = None, *,
+          resume: bool = False, init_from: str | Path | None = None,
+          callbacks: tuple[Callable[[StepInfo], None], ...] = (), start_time: float | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train a model on `data`; with `run_dir`, write config, metrics, checkpoints and a loss plot there.
+
+    `start_time` (a time.perf_counter() value) makes a time limit count from before the call, e.g.
+    to include setup. A KeyboardInterrupt saves a checkpoint before it propagates.
+    """
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = tokenizer.vocab_size
+    if cfg.model.vocab_size < data.vocab_size:
+        raise TinyLMError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the data's vocabulary ({data.vocab_size})")
+    data.check_trainable(cfg.model.max_seq_len)
+    torch.manual_seed(tc.seed)
+    try:
+        model = Transformer(cfg.model).to(device)
+    except ValueError as e:
+        raise TinyLMError(str(e))
+    optimizer = build_optimizer(model, cfg, device)
+    step, tokens, seconds = 0, 0, 0.0
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if resume:
+        ckpt = load_checkpoint(run_dir, with_state=True)
+        if ckpt.cfg.model != cfg.model:
+            raise TinyLMError(f"cannot resume '{run_dir}': its model config differs from the one given; drop the model overrides")
+        model.load_state_dict(ckpt.model.state_dict())
+        optimizer.load_state_dict(ckpt.state["optimizer"])
+        step, tokens, seconds = ckpt.state["step"], ckpt.state["tokens"], ckpt.state["seconds"]
+        set_rng_state(ckpt.state["rng"], device)
+    elif init_from is not None:
+        init = load_checkpoint(init_from)
+        if init.cfg.model != cfg.model:
+            raise TinyLMError(f"--init '{init_from}' has a different model shape; train with its model config")
+        model.load_state_dict(init.model.state_dict())
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
+        tokenizer.save(run_dir)
+        _trim_metrics(run_dir / "metrics.jsonl", step)
+    metrics = open(run_dir / "metrics.jsonl", "a") if run_dir is not None else None
+
+    def log(record: dict) -> None:
+        if metrics is not None:
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+
+    def checkpoint() -> None:
+        if run_dir is not None:
+            state = {"optimizer": optimizer.state_dict(), "step": step, "tokens": tokens,
+                     "seconds": seconds, "rng": rng_state(device)}
+            save_checkpoint(run_dir, model, cfg, tokenizer, state)
+
+    train_model = torch.compile(model) if tc.compile else model
+    autocast = autocast_for(device, tc.precision)
+    seq_len, tokens_per_step = cfg.model.max_seq_len, tc.batch_size * tc.grad_accum * cfg.model.max_seq_len
+    params = model.param_counts()
+    bar_total = tc.max_steps if tc.max_steps and not tc.max_seconds else None
+    bar = tqdm(total=bar_total, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
+               desc=f"train {params['total'] / 1e6:.1f}M params")
+    clock = start_time if start_time is not None else time.perf_counter()
+    clock -= seconds  # a resumed run continues its clock
+    window_tokens, window_start = 0, time.perf_counter()
+    val_loss = val_bpb = float("nan")
+    model.train()
+    try:
+        while (p := progress_of(cfg, step, tokens, time.perf_counter() - clock)) < 1.0:
+            lr = lr_at(step, p, lr=tc.lr, schedule=tc.schedule, warmup_steps=tc.warmup_steps,
+                       min_lr_ratio=tc.min_lr_ratio, decay_fraction=tc.decay_fraction)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(tc.grad_accum):
+                x, y = data.batch(tc.batch_size, seq_len, tc.seed, step * tc.grad_accum + micro)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with autocast:
+                    loss = train_model(x, y) / tc.grad_accum
+                loss.backward()
+                loss_sum += loss.detach()
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens += tokens_per_step
+            window_tokens += tokens_per_step
+            seconds = time.perf_counter() - clock
+            logged = step % tc.log_every == 0 if tc.log_every else False
+            loss_value = loss_sum.item() if logged else None
+            if logged:
+                now = time.perf_counter()
+                rate = window_tokens / (now - window_start)
+                window_tokens, window_start = 0, now
+                if not math.isfinite(loss_value):
+                    raise TinyLMError(f"training diverged at step {step} (loss {loss_value}); lower train.lr")
+                log({"step": step, "loss": loss_value, "lr": lr, "tokens": tokens,
+                     "seconds": round(seconds, 3), "tokens_per_s": round(rate, 1)})
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
+            bar.update(1)
+            if tc.eval_every and step % tc.eval_every == 0:
+                val_loss, val_bpb = validate(model, data, cfg, autocast, tc.eval_tokens)
+                log({"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "tokens": tokens})
+                if progress:
+                    bar.write(f"step {step}: val loss {val_loss:.4f}, {val_bpb:.4f} bits/byte")
+            if tc.ckpt_every and step % tc.ckpt_every == 0:
+                checkpoint()
+            for callback in callbacks:
+                callback(StepInfo(step, loss_value, lr, tokens, seconds, model))
+    except KeyboardInterrupt:
+        checkpoint()
+        bar.close()
+        if metrics is not None:
+            metrics.close()
+        raise
+    bar.close()
+    train_seconds = seconds
+    checkpoint()
+    peak = tc.peak_tflops * 1e12 if tc.peak_tflops else peak_flops(device)
+    rate = tokens / train_seconds if train_seconds else 0.0
+    mfu = model.flops_per_token(seq_len) * rate / peak
+    if not (tc.eval_every and step % tc.eval_every == 0):
+        val_loss, val_bpb = validate(model, data, cfg, autocast, tc.eval_tokens)
+        log({"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "tokens": tokens})
+    log({"step": step, "summary": True, "tokens_per_s": round(rate, 1), "mfu": mfu, "peak_flops": peak})
+    if metrics is not None:
+        metrics.close()
+        plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    return TrainResult(step, tokens, train_seconds, rate, mfu, peak, val_loss, val_bpb, params)

@@ -180,9 +180,11 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     autocast = autocast_for(device, tc.precision)
     seq_len, tokens_per_step = cfg.model.max_seq_len, tc.batch_size * tc.grad_accum * cfg.model.max_seq_len
     params = model.param_counts()
-    bar_total = tc.max_steps if tc.max_steps and not tc.max_seconds else None
-    bar = tqdm(total=bar_total, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
-               desc=f"train {params['total'] / 1e6:.1f}M params")
+    # the bar runs over training progress (steps, tokens or seconds: whichever limit is nearest), so its
+    # ETA is right for every stop condition
+    bar = tqdm(total=1.0, initial=progress_of(cfg, step, tokens, seconds), disable=not progress,
+               dynamic_ncols=True, desc=f"train {params['total'] / 1e6:.1f}M params",
+               bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
     clock = start_time if start_time is not None else time.perf_counter()
     clock -= seconds  # a resumed run continues its clock
     window_tokens, window_start = 0, time.perf_counter()
@@ -220,8 +222,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
                     raise TinyLMError(f"training diverged at step {step} (loss {loss_value}); lower train.lr")
                 log({"step": step, "loss": loss_value, "lr": lr, "tokens": tokens,
                      "seconds": round(seconds, 3), "tokens_per_s": round(rate, 1)})
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
-            bar.update(1)
+                bar.set_postfix(step=step, loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
+            bar.update(min(progress_of(cfg, step, tokens, seconds), 1.0) - bar.n)
             if tc.eval_every and step % tc.eval_every == 0:
                 val_loss, val_bpb = validate(model, data, cfg, autocast, tc.eval_tokens)
                 log({"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "tokens": tokens})

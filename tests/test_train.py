@@ -45,9 +45,10 @@ class StopAt:
             raise KeyboardInterrupt
 
 
-def test_resume_repeats_the_uninterrupted_losses_exactly(tmp_path, data):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_repeats_the_uninterrupted_losses_exactly(tmp_path, data, optimizer):
     # dropout and accumulation make the check cover RNG state and micro-batch positions too
-    cfg = ["model.dropout=0.1", "train.grad_accum=2"]
+    cfg = ["model.dropout=0.1", "train.grad_accum=2", f"train.optimizer={optimizer}"]
     train(tiny_config(*cfg), data, byte_tokenizer(), tmp_path / "whole", progress=False)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(*cfg), data, byte_tokenizer(), tmp_path / "split", progress=False, callbacks=(StopAt(3),))

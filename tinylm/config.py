@@ -54,7 +54,10 @@ class TrainConfig:
     compile: bool = False
     batch_size: int = 16  # sequences per micro-batch
     grad_accum: int = 1
-    lr: float = 2e-3
+    optimizer: str = "adamw"  # adamw | muon (Muon on the blocks' matrices, AdamW on the rest)
+    lr: float = 2e-3  # AdamW peak learning rate
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
     min_lr_ratio: float = 0.0  # final lr as a fraction of lr
     schedule: str = "wsd"  # cosine | wsd (warmup-stable-decay) | constant
     warmup_steps: int = 50

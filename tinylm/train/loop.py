@@ -26,6 +26,7 @@ from tinylm.data.tokens import TokenData
 from tinylm.errors import TinyLMError
 from tinylm.model import Transformer, sum_nats
 from tinylm.tokenizer import Tokenizer
+from tinylm.train.optim import build_optimizer
 from tinylm.train.perf import peak_flops
 from tinylm.train.plot import plot_metrics
 from tinylm.train.schedule import lr_at
@@ -72,16 +73,6 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
     if precision not in ("auto", "fp32"):
         raise TinyLMError(f"train.precision='{precision}' is not one of auto, fp32, bf16")
     return contextlib.nullcontext()
-
-
-def build_optimizer(model: Transformer, cfg: Config, device: torch.device) -> torch.optim.AdamW:
-    # matrices (and the embedding) decay; norm gains do not, as decaying a gain toward 0 only hurts
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), fused=fused)
 
 
 def rng_state(device: torch.device) -> dict:
@@ -192,10 +183,11 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     model.train()
     try:
         while (p := progress_of(cfg, step, tokens, time.perf_counter() - clock)) < 1.0:
-            lr = lr_at(step, p, lr=tc.lr, schedule=tc.schedule, warmup_steps=tc.warmup_steps,
-                       min_lr_ratio=tc.min_lr_ratio, decay_fraction=tc.decay_fraction)
+            factor = lr_at(step, p, lr=1.0, schedule=tc.schedule, warmup_steps=tc.warmup_steps,
+                           min_lr_ratio=tc.min_lr_ratio, decay_fraction=tc.decay_fraction)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = group["base_lr"] * factor
+            lr = tc.lr * factor
             loss_sum = torch.zeros((), device=device)
             for micro in range(tc.grad_accum):
                 x, y = data.batch(tc.batch_size, seq_len, tc.seed, step * tc.grad_accum + micro)

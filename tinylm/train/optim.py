@@ -1,0 +1,90 @@
+"""Optimizers: AdamW, and Muon for the hidden matrices with AdamW for the rest.
+
+Muon (Jordan et al., 2024, as used in the modded-nanogpt speedruns) replaces a
+2-D weight's momentum update by its nearest semi-orthogonal matrix, computed
+with a few Newton-Schulz iterations. It applies only to the matrices inside
+the transformer blocks; embeddings, the output head and norm gains keep AdamW,
+as its authors prescribe. Both live in one optimizer so a checkpoint holds a
+single state dict. Every param group keeps its peak learning rate in
+"base_lr"; the training loop scales all groups by the schedule's factor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tinylm.config import Config
+from tinylm.errors import TinyLMError
+
+# quintic Newton-Schulz coefficients chosen to converge fast from a unit-norm start (Jordan et al.)
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximately U V^T for g = U S V^T, without an SVD."""
+    a, b, c = NS_COEFFICIENTS
+    x = g / (g.norm() + 1e-7)
+    tall = x.size(0) > x.size(1)
+    if tall:  # iterate on the smaller Gram matrix
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon on groups with use_muon=True, AdamW on the others."""
+
+    def __init__(self, groups: list[dict], betas=(0.9, 0.95), eps: float = 1e-8, momentum: float = 0.95,
+                 ns_steps: int = 5):
+        super().__init__(groups, dict(betas=betas, eps=eps, momentum=momentum, ns_steps=ns_steps,
+                                      weight_decay=0.0, use_muon=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if group["use_muon"]:
+                    buf = state.setdefault("momentum", torch.zeros_like(p))
+                    buf.lerp_(p.grad, 1 - group["momentum"])
+                    update = orthogonalize(p.grad.lerp(buf, group["momentum"]), group["ns_steps"])  # Nesterov
+                    # keep the update's RMS independent of the matrix's aspect ratio
+                    scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
+                    p.mul_(1 - lr * wd).add_(update, alpha=-lr * scale)
+                else:
+                    beta1, beta2 = group["betas"]
+                    if not state:
+                        state["step"] = torch.zeros(())
+                        state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+                    state["step"] += 1
+                    t = state["step"].item()
+                    state["exp_avg"].lerp_(p.grad, 1 - beta1)
+                    state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                    denom = (state["exp_avg_sq"] / (1 - beta2**t)).sqrt_().add_(group["eps"])
+                    p.mul_(1 - lr * wd).addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1**t))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    tc = cfg.train
+    # norm gains never decay: pulling a gain toward 0 only fights the normalisation
+    gains = [p for p in model.parameters() if p.dim() < 2]
+    if tc.optimizer == "adamw":
+        matrices = [p for p in model.parameters() if p.dim() >= 2]
+        groups = [{"params": matrices, "weight_decay": tc.weight_decay, "base_lr": tc.lr},
+                  {"params": gains, "weight_decay": 0.0, "base_lr": tc.lr}]
+        fused = device.type in ("cuda", "cpu")
+        return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=fused)
+    if tc.optimizer == "muon":
+        hidden = [p for name, p in model.named_parameters() if p.dim() >= 2 and name.startswith("layers.")]
+        edges = [p for name, p in model.named_parameters() if p.dim() >= 2 and not name.startswith("layers.")]
+        # no decay on Muon's matrices: its updates have a fixed size, so weights grow only slowly
+        groups = [{"params": hidden, "use_muon": True, "lr": tc.muon_lr, "base_lr": tc.muon_lr},
+                  {"params": edges, "lr": tc.lr, "base_lr": tc.lr, "weight_decay": tc.weight_decay},
+                  {"params": gains, "lr": tc.lr, "base_lr": tc.lr, "weight_decay": 0.0}]
+        return MuonAdamW(groups, betas=(tc.beta1, tc.beta2), momentum=tc.muon_momentum)
+    raise TinyLMError(f"train.optimizer='{tc.optimizer}' is not one of adamw, muon")

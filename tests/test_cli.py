@@ -79,6 +79,19 @@ def test_existing_run_is_not_overwritten_without_asking(capsys, text_file, tmp_p
     assert (tmp_path / "runs/a/checkpoint/model.safetensors").read_bytes() == before
 
 
+def test_overwrite_with_a_bad_model_keeps_the_old_run(capsys, text_file, tmp_path):
+    assert run(capsys, "train", f"data.path={text_file}", *TINY, "--out", "runs/o")[0] == 0
+    files = {p: p.read_bytes() for p in (tmp_path / "runs/o").rglob("*") if p.is_file()}
+    code, _, err = run(capsys, "train", f"data.path={text_file}", *TINY, "model.n_heads=3", "--out", "runs/o",
+                       "--overwrite")
+    assert code == 2 and "n_heads" in one_error_line(err)
+    assert {p: p.read_bytes() for p in (tmp_path / "runs/o").rglob("*") if p.is_file()} == files
+    assert run(capsys, "train", f"data.path={text_file}", *TINY, "train.max_steps=3", "--out", "runs/o",
+               "--overwrite")[0] == 0
+    assert [json.loads(line)["step"] for line in (tmp_path / "runs/o/metrics.jsonl").read_text().splitlines()
+            if "loss" in line][-1] <= 3
+
+
 def test_resume_of_a_corrupt_checkpoint_fails_and_keeps_the_run(capsys, text_file, tmp_path):
     assert run(capsys, "train", f"data.path={text_file}", *TINY, "--out", "runs/c")[0] == 0
     weights = tmp_path / "runs/c/checkpoint/model.safetensors"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -52,12 +51,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         cfg = load_config(recipe, overrides)
     data_dir = prepare_cached(cfg.data)
     data, tokenizer = TokenData.load(data_dir), Tokenizer.load(data_dir)
-    if has_run and a.overwrite and not a.resume:
-        for name in (CHECKPOINT, "metrics.jsonl", "loss.png"):
-            target = out / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     try:
-        result = train(cfg, data, tokenizer, out, resume=a.resume, init_from=a.init)
+        result = train(cfg, data, tokenizer, out, resume=a.resume, init_from=a.init, overwrite=a.overwrite)
     except KeyboardInterrupt:
         print(f"\ninterrupted; checkpoint saved. Continue with: tinylm train --out {out} --resume", file=sys.stderr)
         sys.exit(130)
@@ -159,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_prepare)
 
     p = sub.add_parser("speedrun", help="train a byte-level model on a text file for a fixed wall-clock budget",
-                       description="Train a byte-level model on FILE (first 90%% train, last 10%% validation) for "
+                       description="Train a byte-level model on FILE (first 90% train, last 10% validation) for "
                                    "SECONDS of wall-clock time, setup included, then score the whole validation split.")
     p.add_argument("--text", required=True, metavar="FILE")
     p.add_argument("--seconds", type=float, default=180.0)

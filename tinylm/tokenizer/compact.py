@@ -46,9 +46,9 @@ from tokenizers import Tokenizer as HFTokenizer
 from tqdm.auto import tqdm
 
 from tinylm.data.corpus import describe_source, iter_parts
-from tinylm.data.prepare import MAX_PIECE_CHARS, MIN_PIECE_CHARS, MIN_PIECES, PIECES_PER_BATCH, _in_val, _pieces
+from tinylm.data.prepare import MAX_PIECE_CHARS, MIN_PIECE_CHARS, MIN_PIECES, PIECES_PER_BATCH, in_val, split_pieces
 from tinylm.errors import TinyLMError
-from tinylm.tokenizer import FILENAME, _bytes_to_unicode
+from tinylm.tokenizer import FILENAME, bytes_to_unicode
 
 ID_MAP = "id_map.json"
 REPORT = "report.json"
@@ -56,7 +56,7 @@ DEFAULT_WIDTH = 576  # used for the embedding-size report when the parent does n
 NEVER_EMITTED_LIMIT = 0.01  # share of N that may be kept but never emitted on the counting text
 REPAIR_ROUNDS = 3  # selections redone at most, each with the never-emitted tokens cheapest to drop banned
 REPAIR_TOLERANCE = 0.002  # how many more tokens (share) a repaired selection may take on the counting text
-BYTE_SYMBOLS = tuple(_bytes_to_unicode().values())
+BYTE_SYMBOLS = tuple(bytes_to_unicode().values())
 
 
 @dataclass
@@ -111,9 +111,9 @@ def corpus_pieces(corpus: str, text_field: str = "text", heldout_fraction: float
         raise TinyLMError(f"heldout_fraction={heldout_fraction} must be between 0 and 1, e.g. 0.05")
     size = sum(size for _, size, _ in describe_source(corpus)["files"])
     piece_chars = min(MAX_PIECE_CHARS, max(MIN_PIECE_CHARS, size // MIN_PIECES))
-    for index, (piece, _) in enumerate(_pieces(iter_parts(corpus, text_field), piece_chars)):
+    for index, (piece, _) in enumerate(split_pieces(iter_parts(corpus, text_field), piece_chars)):
         if piece:
-            yield piece, _in_val(index, heldout_fraction)
+            yield piece, in_val(index, heldout_fraction)
 
 
 def count_tokens(hf: HFTokenizer, texts: Iterable[str], id_limit: int, progress: bool = True,

@@ -63,9 +63,7 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Tokenizer, val_fraction
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, source, overwrite)
     description = describe_source(source)
-    size = sum(size for _, size, _ in description["files"])
-    # a small corpus gets smaller pieces, so that it still makes enough of them to hold some out
-    piece_chars = min(MAX_PIECE_CHARS, max(MIN_PIECE_CHARS, size // MIN_PIECES))
+    piece_chars = piece_chars_for(description)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
@@ -131,6 +129,13 @@ def prepare_cached(data_cfg: DataConfig, progress: bool = True) -> Path:
                    data_cfg.workers, progress, overwrite=True)
 
 
+def piece_chars_for(description: dict) -> int:
+    """Piece length for a source (as describe_source gives it): a small corpus gets smaller pieces,
+    so that it still makes enough of them to hold some out."""
+    size = sum(size for _, size, _ in description["files"])
+    return min(MAX_PIECE_CHARS, max(MIN_PIECE_CHARS, size // MIN_PIECES))
+
+
 def in_val(index: int, val_fraction: float) -> bool:
     return math.floor((index + 1) * val_fraction + 0.5) > math.floor(index * val_fraction + 0.5)
 
@@ -183,7 +188,7 @@ def _write_splits(pieces: Iterator[tuple[str, bool]], directory: Path, tokenizer
     index = 0
     with open(directory / "train.bin", "wb") as train_file, open(directory / "val.bin", "wb") as val_file:
         writers = {False: _SplitWriter(train_file, eos), True: _SplitWriter(val_file, eos)}
-        for batch, token_arrays in _tokenized(_batches(pieces, PIECES_PER_BATCH), tokenizer, dtype, workers):
+        for batch, token_arrays in _tokenized(batches(pieces, PIECES_PER_BATCH), tokenizer, dtype, workers):
             for (text, ends_document), ids in zip(batch, token_arrays):
                 is_val = in_val(index, val_fraction)
                 n_bytes = len(text.encode("utf-8"))
@@ -200,25 +205,25 @@ def _write_splits(pieces: Iterator[tuple[str, bool]], directory: Path, tokenizer
     return {"train": train.summary(), "val": val.summary()}
 
 
-def _batches(items: Iterable, size: int) -> Iterator[list]:
+def batches(items: Iterable, size: int) -> Iterator[list]:
     items = iter(items)
     while batch := list(islice(items, size)):
         yield batch
 
 
-def _tokenized(batches: Iterator[list[tuple[str, bool]]], tokenizer: Tokenizer, dtype: np.dtype,
+def _tokenized(piece_batches: Iterator[list[tuple[str, bool]]], tokenizer: Tokenizer, dtype: np.dtype,
                workers: int) -> Iterator[tuple[list, list[np.ndarray]]]:
     """(batch, token ids of each piece), in order. With a pool, the next batch is read while
     the workers encode the current one."""
     if workers == 1:
-        for batch in batches:
+        for batch in piece_batches:
             yield batch, [_encode(tokenizer, text, dtype) for text, _ in batch]
         return
     with _forked_tokenizers_quiet():
         pool = multiprocessing.Pool(workers, _start_worker, (tokenizer.hf.to_str(), tokenizer.kind, dtype.str))
     with pool:
         pending = None
-        for batch in batches:
+        for batch in piece_batches:
             job = pool.map_async(_encode_in_worker, [text for text, _ in batch])
             if pending:
                 yield pending[0], pending[1].get()

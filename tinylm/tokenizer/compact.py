@@ -37,7 +37,6 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -46,7 +45,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tqdm.auto import tqdm
 
 from tinylm.data.corpus import describe_source, iter_parts
-from tinylm.data.prepare import MAX_PIECE_CHARS, MIN_PIECE_CHARS, MIN_PIECES, PIECES_PER_BATCH, in_val, split_pieces
+from tinylm.data.prepare import PIECES_PER_BATCH, batches, in_val, piece_chars_for, split_pieces
 from tinylm.errors import TinyLMError
 from tinylm.tokenizer import FILENAME, bytes_to_unicode
 
@@ -109,8 +108,7 @@ def corpus_pieces(corpus: str, text_field: str = "text", heldout_fraction: float
     """(piece, held_out) in corpus order: the pieces and validation rule of tinylm.data.prepare."""
     if not 0 < heldout_fraction < 1:
         raise TinyLMError(f"heldout_fraction={heldout_fraction} must be between 0 and 1, e.g. 0.05")
-    size = sum(size for _, size, _ in describe_source(corpus)["files"])
-    piece_chars = min(MAX_PIECE_CHARS, max(MIN_PIECE_CHARS, size // MIN_PIECES))
+    piece_chars = piece_chars_for(describe_source(corpus))
     for index, (piece, _) in enumerate(split_pieces(iter_parts(corpus, text_field), piece_chars)):
         if piece:
             yield piece, in_val(index, heldout_fraction)
@@ -122,7 +120,7 @@ def count_tokens(hf: HFTokenizer, texts: Iterable[str], id_limit: int, progress:
     counts = np.zeros(id_limit, np.int64)
     n_bytes = 0
     with _bytes_bar(desc, progress) as bar:
-        for batch in _batches(texts, PIECES_PER_BATCH):
+        for batch in batches(texts, PIECES_PER_BATCH):
             counts += _bincount(_encode_batch(hf, batch), id_limit)
             batch_bytes = sum(len(text.encode("utf-8")) for text in batch)
             n_bytes += batch_bytes
@@ -137,7 +135,7 @@ def check_tokenizer(parent_hf: HFTokenizer, hf: HFTokenizer, pieces: Iterable[tu
     emitted = np.zeros(id_limit, np.int64)
     n_bytes = parent_tokens = tokens = failures = 0
     with _bytes_bar("checking compact tokenizer", progress) as bar:
-        for batch in _batches(pieces, PIECES_PER_BATCH):
+        for batch in batches(pieces, PIECES_PER_BATCH):
             counting = [text for text, held_out in batch if not held_out]
             heldout = [text for text, held_out in batch if held_out]
             emitted += _bincount(_encode_batch(hf, counting), id_limit)
@@ -431,12 +429,6 @@ def _encode_batch(hf: HFTokenizer, texts: list[str]) -> list[np.ndarray]:
     # encode_batch_fast (tokenizers >= 0.21) skips the character offsets nobody reads here
     encode = getattr(hf, "encode_batch_fast", hf.encode_batch)
     return [np.asarray(e.ids, np.int64) for e in encode(texts, add_special_tokens=False)]
-
-
-def _batches(items: Iterable, size: int) -> Iterator[list]:
-    items = iter(items)
-    while batch := list(islice(items, size)):
-        yield batch
 
 
 def _check_out_dir(out_dir: Path, parent_path: Path, overwrite: bool) -> None:

@@ -96,13 +96,11 @@ def remove_run(run_dir: Path) -> None:
 
 
 def progress_of(cfg: Config, step: int, tokens: int, seconds: float) -> float:
+    """How far training is toward its nearest stop condition (1.0 = done)."""
     t = cfg.train
-    parts = [step / t.max_steps if t.max_steps else 0.0,
-             tokens / t.max_tokens if t.max_tokens else 0.0,
-             seconds / t.max_seconds if t.max_seconds else 0.0]
-    if not (t.max_steps or t.max_tokens or t.max_seconds):
-        raise TinyLMError("set a stop condition: train.max_steps, train.max_tokens or train.max_seconds")
-    return max(parts)
+    return max(step / t.max_steps if t.max_steps else 0.0,
+               tokens / t.max_tokens if t.max_tokens else 0.0,
+               seconds / t.max_seconds if t.max_seconds else 0.0)
 
 
 def validate(model: Transformer, data: TokenData, cfg: Config, autocast, max_tokens: int) -> tuple[float, float]:
@@ -130,7 +128,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     removes an earlier run in `run_dir`, only once the new one has been set up without error.
     """
     tc = cfg.train
-    progress_of(cfg, 0, 0, 0.0)  # checks there is a stop condition
+    if not (tc.max_steps or tc.max_tokens or tc.max_seconds):
+        raise TinyLMError("set a stop condition: train.max_steps, train.max_tokens or train.max_seconds")
     device = resolve_device(tc.device)
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = tokenizer.vocab_size

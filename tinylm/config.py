@@ -26,6 +26,8 @@ class ModelConfig:
     d_model: int = 256
     n_heads: int = 8
     n_kv_heads: int = 4  # grouped-query attention; must divide n_heads
+    head_dim: int = 0  # 0: d_model / n_heads; set it to keep a parent's head size in a narrower child
+    qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
     ffn_hidden: int = 0  # 0: 8/3 * d_model rounded up to a multiple of 32 (SwiGLU at ~4x FFN cost)
     max_seq_len: int = 256
     rope_theta: float = 10000.0

@@ -3,7 +3,8 @@
 Init scheme: every Linear and the embedding ~ N(0, init_std); the two
 projections that write into the residual stream (attention `wo`, FFN `w2`)
 are scaled by 1/sqrt(2 * n_layer) so the residual variance does not grow with
-depth (GPT-2, section 2.3). Norm gains start at 1. No biases.
+depth (GPT-2, section 2.3). Norm gains start at 1. No biases, except optional
+q/k/v biases (Qwen2) that start at 0.
 """
 
 from __future__ import annotations
@@ -23,16 +24,27 @@ def resolved_ffn_hidden(cfg: ModelConfig) -> int:
     return 32 * math.ceil(8 * cfg.d_model / 3 / 32)
 
 
+def head_dim(cfg: ModelConfig) -> int:
+    return cfg.head_dim or cfg.d_model // cfg.n_heads
+
+
 def check_shape(cfg: ModelConfig) -> None:
     """Raise ValueError on a shape the model cannot be built with."""
     if cfg.vocab_size <= 0:
         raise ValueError("model.vocab_size must be set (it is normally taken from the tokenizer)")
-    if cfg.d_model % cfg.n_heads:
-        raise ValueError(f"model.d_model={cfg.d_model} is not divisible by model.n_heads={cfg.n_heads}")
+    if not cfg.head_dim and cfg.d_model % cfg.n_heads:
+        raise ValueError(f"model.d_model={cfg.d_model} is not divisible by model.n_heads={cfg.n_heads}; "
+                         "set model.head_dim")
     if cfg.n_heads % cfg.n_kv_heads:
         raise ValueError(f"model.n_heads={cfg.n_heads} is not divisible by model.n_kv_heads={cfg.n_kv_heads}")
-    if (cfg.d_model // cfg.n_heads) % 2:
-        raise ValueError("head dimension d_model/n_heads must be even for RoPE")
+    if head_dim(cfg) % 2:
+        raise ValueError(f"the head dimension ({head_dim(cfg)}) must be even for RoPE")
+
+
+def parameter_names(cfg: ModelConfig) -> list[str]:
+    """The state-dict names of a model's distinct parameters (a tied head is named once, as embed.weight)."""
+    with torch.device("meta"):
+        return [name for name, _ in Transformer(cfg).named_parameters()]
 
 
 class RMSNorm(nn.Module):
@@ -62,7 +74,7 @@ class KVCache:
     """Preallocated keys/values for incremental decoding, one pair per layer."""
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype):
-        hd = cfg.d_model // cfg.n_heads
+        hd = head_dim(cfg)
         shape = (batch, cfg.n_kv_heads, max_len, hd)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
@@ -73,10 +85,10 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads = cfg.n_heads, cfg.n_kv_heads
-        self.head_dim = cfg.d_model // cfg.n_heads
-        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * self.head_dim, bias=False)
+        self.head_dim = head_dim(cfg)
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
@@ -139,7 +151,7 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        cos, sin = rope_tables(cfg.d_model // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta)
+        cos, sin = rope_tables(head_dim(cfg), cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
@@ -147,7 +159,9 @@ class Transformer(nn.Module):
     def reset_parameters(self) -> None:
         std = self.cfg.init_std
         for name, p in self.named_parameters():
-            if p.dim() == 1:
+            if name.endswith(".bias"):
+                nn.init.zeros_(p)
+            elif p.dim() == 1:
                 nn.init.ones_(p)
             elif name.endswith(("wo.weight", "w2.weight")):
                 nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layer))

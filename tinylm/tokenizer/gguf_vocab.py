@@ -93,7 +93,9 @@ def _prepend_bos(token: str, token_id: int) -> dict:
             "special_tokens": {token: {"id": token, "ids": [token_id], "tokens": [token]}}}
 
 
-def _read_metadata(path: Path):
+def open_gguf(path: str | Path):
+    """A gguf.GGUFReader over `path`; TinyLMError when the package is missing or the file unreadable."""
+    path = Path(path)
     try:
         from gguf import GGUFReader
     except ImportError:
@@ -101,9 +103,13 @@ def _read_metadata(path: Path):
     if not path.is_file():
         raise TinyLMError(f"no GGUF file at '{path}'; give the path of a .gguf model file")
     try:
-        reader = GGUFReader(str(path))
+        return GGUFReader(str(path))
     except Exception as e:  # gguf raises ValueError, struct.error, IndexError... on a damaged file
         raise TinyLMError(f"'{path}' is not a readable GGUF file ({type(e).__name__}: {str(e)[:100]})") from None
+
+
+def _read_metadata(path: Path):
+    reader = open_gguf(path)
     return reader.fields, {tensor.name for tensor in reader.tensors}
 
 

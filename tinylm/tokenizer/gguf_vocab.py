@@ -38,7 +38,7 @@ _DIGITS_THEN_GPT2 = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "i
 # A file without the key predates it and "default" marks an unrecognised one; llama.cpp then splits punctuation
 # off first and warns that quality suffers, while the source models were mostly GPT-2-style: GPT-2's rule here.
 PRE_TOKENIZERS = {
-    "gpt2": (_GPT2, False), "default": (_GPT2, False), "mpt": (_GPT2, False), "olmo": (_GPT2, False),
+    "gpt-2": (_GPT2, False), "gpt2": (_GPT2, False), "default": (_GPT2, False), "mpt": (_GPT2, False), "olmo": (_GPT2, False),
     "smollm": (_DIGITS_THEN_GPT2, False), "starcoder": (_DIGITS_THEN_GPT2, False),
     "refact": (_DIGITS_THEN_GPT2, False), "codeshell": (_DIGITS_THEN_GPT2, False),
     "llama-bpe": (_split_then_bytes(_LLAMA3_REGEX), True), "llama3": (_split_then_bytes(_LLAMA3_REGEX), True),

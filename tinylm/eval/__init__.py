@@ -1,36 +1,38 @@
 """Evaluation and sampling of saved models.
 
-Reads run directories (tinylm.checkpoint) and prepared data; reports loss per
-token, perplexity and bits per byte, and samples text. Must not import
-training or export.
+Reads run directories (tinylm.checkpoint), prepared data and any model
+`load_model` reads; reports loss per token, perplexity and bits per byte of a
+run's validation split or of any text, and samples text. Zero-shot benchmarks
+live in tinylm.eval.harness, their data in tinylm.eval.tasks, the scoring they
+share with the lm-evaluation-harness adapter in tinylm.eval.likelihood. Must
+not import training or export.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from tqdm.auto import tqdm
 
 from tinylm.checkpoint import load_checkpoint
 from tinylm.data import TokenData, prepare_cached
+from tinylm.data.corpus import iter_parts
 from tinylm.errors import TinyLMError
+from tinylm.eval.likelihood import loglikelihoods, rolling_requests
+from tinylm.formats import load_model
 from tinylm.model import generate, sum_nats
 
 
-def evaluate(run: str | Path, data_path: str | Path | None = None, max_tokens: int | None = None,
-             batch_size: int | None = None, device: str = "cpu", progress: bool = True) -> dict:
-    """Validation loss (nats/token), perplexity and bits per byte of a checkpoint.
-
-    Without `data_path`, the validation split of the data the run was trained on is used."""
+def evaluate(run: str | Path, max_tokens: int | None = None, batch_size: int | None = None, device: str = "cpu",
+             progress: bool = True) -> dict:
+    """Validation loss (nats/token), perplexity and bits per byte of a checkpoint on the validation split of
+    the data it was trained on."""
     ckpt = load_checkpoint(run, device=device)
     cfg = ckpt.cfg
-    # other text is tokenized with the checkpoint's own tokenizer, never a freshly trained one
-    data_cfg = cfg.data if data_path is None else dataclasses.replace(
-        cfg.data, path=str(data_path), tokenizer=str(ckpt.path / "tokenizer.json"))
-    data_dir = prepare_cached(data_cfg, progress=progress)
+    data_dir = prepare_cached(cfg.data, progress=progress)
     data = TokenData.load(data_dir)
     if data.vocab_size > cfg.model.vocab_size:
         raise TinyLMError(f"data in '{data_dir}' was tokenized with a {data.vocab_size}-token vocabulary but the "
@@ -44,6 +46,46 @@ def evaluate(run: str | Path, data_path: str | Path | None = None, max_tokens: i
     loss = nats / count
     return {"checkpoint": str(ckpt.path), "val_loss": loss, "perplexity": math.exp(loss),
             "bits_per_byte": data.bits_per_byte(nats, count), "tokens": count}
+
+
+def text_bits_per_byte(model: str | Path, source: str | Path, stride: int | None = None, batch_size: int = 8,
+                       device: str = "cpu", progress: bool = True) -> dict:
+    """Loss (nats/token), perplexity and bits per byte of a text file, folder, .jsonl or .parquet under any model
+    `load_model` reads (a tinylm run, a Hugging Face folder, a GGUF file), with the model's own tokenizer.
+
+    Each document is scored on its own, from EOS on, in windows of the model's max_seq_len tokens that do not
+    overlap; the last, short window takes preceding tokens as context. With `stride` < max_seq_len, each window
+    after the first scores the next `stride` tokens with the max_seq_len - stride before them as context
+    (slower, lower loss). Every token is predicted once (likelihood.rolling_requests). Bits per byte = summed
+    nats / ln 2 / UTF-8 bytes of the text, so models with different tokenizers compare."""
+    loaded = load_model(model, device)
+    if loaded.tokenizer is None:
+        raise TinyLMError(f"'{model}' has no tokenizer.json; scoring text needs the model's tokenizer")
+    tokenizer, max_len = loaded.tokenizer, loaded.model.cfg.max_seq_len
+    requests, n_bytes, documents = [], 0, 0
+    for text in _documents(str(source)):
+        n_bytes += len(text.encode("utf-8"))
+        documents += 1
+        requests += rolling_requests(tokenizer.encode(text), tokenizer.eos_id, max_len, stride)
+    tokens = sum(len(continuation) for _, continuation in requests)
+    if not tokens:
+        raise TinyLMError(f"'{source}' holds no text to score")
+    nats = -sum(logprob for logprob, _ in loglikelihoods(loaded.model, requests, batch_size, progress))
+    return {"model": str(model), "text": str(source), "documents": documents, "bytes": n_bytes, "tokens": tokens,
+            "window": max_len, "stride": stride or max_len, "loss": nats / tokens,
+            "perplexity": math.exp(nats / tokens), "bits_per_byte": nats / math.log(2) / n_bytes}
+
+
+def _documents(source: str) -> Iterator[str]:
+    """Whole documents: the parts a large text file arrives in are joined again."""
+    parts: list[str] = []
+    for text, ends_document in iter_parts(source):
+        parts.append(text)
+        if ends_document:
+            yield "".join(parts)
+            parts = []
+    if parts:
+        yield "".join(parts)
 
 
 def sample(run: str | Path, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,

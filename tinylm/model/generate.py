@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from tinylm.model.llama import KVCache, Transformer
@@ -25,8 +27,10 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 @torch.no_grad()
 def generate(model: Transformer, prompt: list[int], max_new_tokens: int, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
-             generator: torch.Generator | None = None) -> list[int]:
-    """Continue `prompt` (token ids); returns only the new ids, stopping after EOS or max_new_tokens.
+             generator: torch.Generator | None = None,
+             stop: Callable[[list[int]], bool] | None = None) -> list[int]:
+    """Continue `prompt` (token ids); returns only the new ids, stopping after EOS, after max_new_tokens or
+    as soon as `stop(new ids)` is true (a stop string appeared, say).
 
     temperature 0 is greedy decoding. The prompt is truncated from the left to fit the context.
     """
@@ -46,7 +50,7 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, tempera
             nxt = torch.multinomial(probs, 1, generator=generator)
         token = int(nxt)
         out.append(token)
-        if token == eos_id or pos >= max_len:
+        if token == eos_id or pos >= max_len or (stop is not None and stop(out)):
             break
         logits = model(nxt.view(1, 1), cache=cache, start=pos)[:, -1]
         pos += 1

@@ -266,3 +266,36 @@ def test_cli_export_writes_gguf(capsys, llama_run, tmp_path):
     pytest.importorskip("gguf")
     main(["export", str(llama_run[0]), "--format", "gguf", "--dtype", "q8_0", "--out", str(tmp_path / "m.gguf")])
     assert "wrote" in capsys.readouterr().out and (tmp_path / "m.gguf").read_bytes()[:4] == b"GGUF"
+
+
+@pytest.mark.slow
+def test_a_quickstart_model_exports_to_every_format_and_runs_in_each_runtime(tmp_path, monkeypatch):
+    """The quickstart recipe (its model, BPE tokenizer and optimizer), trained briefly on text written here,
+    then exported three ways: transformers, transformers' GGUF loader and ONNX Runtime reproduce its logits."""
+    transformers = pytest.importorskip("transformers")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from pathlib import Path
+
+    from tinylm.checkpoint import load_checkpoint
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.txt").write_text("\n".join(TEXT * 5))
+    main(["train", str(recipe), "data.path=corpus.txt", "data.vocab_size=600", "train.max_seconds=0",
+          "train.max_steps=3", "train.batch_size=2", "train.eval_every=0", "train.ckpt_every=0", "--out", "run"])
+    run = load_checkpoint("run")
+    assert (run.model.cfg.n_layer, run.model.cfg.d_model) == (4, 128)
+    ids = run.tokenizer.encode(PROMPT)
+    ours = logits(run.model, ids)
+    main(["export", "run", "--format", "hf", "--out", "hf"])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert max_diff(hf_logits(hf, ids), ours) <= F32_TOL
+    main(["export", "run", "--format", "gguf", "--out", "gguf/model.gguf"])
+    from_gguf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "gguf", gguf_file="model.gguf",
+                                                                  dtype=torch.float32).eval()
+    assert max_diff(hf_logits(from_gguf, ids), ours) <= F32_TOL
+    main(["export", "run", "--format", "onnx", "--out", "onnx/model.onnx"])
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    (theirs,) = session.run(None, {"input_ids": np.array([ids], dtype=np.int64)})
+    assert np.abs(theirs - ours.numpy()).max() <= F32_TOL

@@ -1,7 +1,11 @@
 import pytest
 import torch
 
-from tinylm.config import ModelConfig
+from tinylm.checkpoint import save_checkpoint
+from tinylm.cli import main
+from tinylm.config import Config, ModelConfig
+from tinylm.model import Transformer
+from tinylm.tokenizer import byte_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -22,3 +26,35 @@ def text_file(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the tinylm command in-process: cli(*args) -> (exit code, stdout, stderr)."""
+    def run(*args):
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+def save_tiny_byte_run(directory):
+    """A 2-layer byte-level run with random, fairly peaked weights; returns (run dir, model, tokenizer)."""
+    tokenizer = byte_tokenizer()
+    cfg = Config()
+    cfg.model = ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=2, d_model=32, n_heads=2, n_kv_heads=1,
+                            max_seq_len=48, init_std=0.2)
+    torch.manual_seed(0)
+    model = Transformer(cfg.model).eval()
+    save_checkpoint(directory, model, cfg, tokenizer)
+    return directory, model, tokenizer
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    return save_tiny_byte_run(tmp_path / "run")

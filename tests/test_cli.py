@@ -5,22 +5,10 @@ import sys
 
 import pytest
 
-from tinylm.cli import main
 
 TINY = ["model.n_layer=1", "model.d_model=32", "model.n_heads=2", "model.n_kv_heads=1", "model.max_seq_len=32",
         "train.batch_size=4", "train.max_steps=6", "train.warmup_steps=1", "train.eval_every=0",
         "train.ckpt_every=3", "train.device=cpu", "train.peak_tflops=1", "data.tokenizer=byte", "data.workers=1"]
-
-
-def run(capsys, *args):
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_error_line(err: str) -> str:
@@ -37,15 +25,15 @@ def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def test_train_eval_sample_end_to_end(capsys, text_file, tmp_path):
-    code, out, _ = run(capsys, "train", f"data.path={text_file}", *TINY, "--out", "runs/e2e")
+def test_train_eval_sample_end_to_end(cli, text_file, tmp_path):
+    code, out, _ = cli("train", f"data.path={text_file}", *TINY, "--out", "runs/e2e")
     assert code == 0
     assert "bits/byte" in out and (tmp_path / "runs/e2e/loss.png").is_file()
-    code, out, _ = run(capsys, "eval", "runs/e2e", "--json", "report.json")
+    code, out, _ = cli("eval", "runs/e2e", "--json", "report.json")
     assert code == 0 and "bits/byte" in out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["perplexity"] > 1 and 0 < report["bits_per_byte"] < 8.1
-    code, out, _ = run(capsys, "sample", "runs/e2e", "--prompt", "The quick", "--max-tokens", "20")
+    code, out, _ = cli("sample", "runs/e2e", "--prompt", "The quick", "--max-tokens", "20")
     assert code == 0 and out.startswith("The quick")
 
 
@@ -54,56 +42,56 @@ def test_train_eval_sample_end_to_end(capsys, text_file, tmp_path):
     (b"", "empty|no text"),
     (b"\x00\x01\x02\xff\xfe binary junk \x00" * 50, "not UTF-8|binary"),
 ])
-def test_bad_corpus_files_give_one_clear_line(capsys, tmp_path, content, expected):
+def test_bad_corpus_files_give_one_clear_line(cli, tmp_path, content, expected):
     path = tmp_path / "corpus.txt"
     if content is not None:
         path.write_bytes(content)
-    code, _, err = run(capsys, "train", f"data.path={path}", *TINY, "--out", "runs/bad")
+    code, _, err = cli("train", f"data.path={path}", *TINY, "--out", "runs/bad")
     assert code == 2
     line = one_error_line(err)
     assert "corpus.txt" in line
     assert re.search(expected, line), line
 
 
-def test_unknown_config_key_names_the_closest(capsys):
-    code, _, err = run(capsys, "train", "train.lrr=1e-3")
+def test_unknown_config_key_names_the_closest(cli):
+    code, _, err = cli("train", "train.lrr=1e-3")
     assert code == 2
     assert "'train.lr'" in one_error_line(err)
 
 
-def test_existing_run_is_not_overwritten_without_asking(capsys, text_file, tmp_path):
-    assert run(capsys, "train", f"data.path={text_file}", *TINY, "--out", "runs/a")[0] == 0
+def test_existing_run_is_not_overwritten_without_asking(cli, text_file, tmp_path):
+    assert cli("train", f"data.path={text_file}", *TINY, "--out", "runs/a")[0] == 0
     before = (tmp_path / "runs/a/checkpoint/model.safetensors").read_bytes()
-    code, _, err = run(capsys, "train", f"data.path={text_file}", *TINY, "--out", "runs/a")
+    code, _, err = cli("train", f"data.path={text_file}", *TINY, "--out", "runs/a")
     assert code == 2 and "--resume" in one_error_line(err)
     assert (tmp_path / "runs/a/checkpoint/model.safetensors").read_bytes() == before
 
 
-def test_overwrite_with_a_bad_model_keeps_the_old_run(capsys, text_file, tmp_path):
-    assert run(capsys, "train", f"data.path={text_file}", *TINY, "--out", "runs/o")[0] == 0
+def test_overwrite_with_a_bad_model_keeps_the_old_run(cli, text_file, tmp_path):
+    assert cli("train", f"data.path={text_file}", *TINY, "--out", "runs/o")[0] == 0
     files = {p: p.read_bytes() for p in (tmp_path / "runs/o").rglob("*") if p.is_file()}
-    code, _, err = run(capsys, "train", f"data.path={text_file}", *TINY, "model.n_heads=3", "--out", "runs/o",
+    code, _, err = cli("train", f"data.path={text_file}", *TINY, "model.n_heads=3", "--out", "runs/o",
                        "--overwrite")
     assert code == 2 and "n_heads" in one_error_line(err)
     assert {p: p.read_bytes() for p in (tmp_path / "runs/o").rglob("*") if p.is_file()} == files
-    assert run(capsys, "train", f"data.path={text_file}", *TINY, "train.max_steps=3", "--out", "runs/o",
+    assert cli("train", f"data.path={text_file}", *TINY, "train.max_steps=3", "--out", "runs/o",
                "--overwrite")[0] == 0
     assert [json.loads(line)["step"] for line in (tmp_path / "runs/o/metrics.jsonl").read_text().splitlines()
             if "loss" in line][-1] <= 3
 
 
-def test_resume_of_a_corrupt_checkpoint_fails_and_keeps_the_run(capsys, text_file, tmp_path):
-    assert run(capsys, "train", f"data.path={text_file}", *TINY, "--out", "runs/c")[0] == 0
+def test_resume_of_a_corrupt_checkpoint_fails_and_keeps_the_run(cli, text_file, tmp_path):
+    assert cli("train", f"data.path={text_file}", *TINY, "--out", "runs/c")[0] == 0
     weights = tmp_path / "runs/c/checkpoint/model.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
     files = {p: p.read_bytes() for p in (tmp_path / "runs/c").rglob("*") if p.is_file()}
-    code, _, err = run(capsys, "train", "--out", "runs/c", "--resume", "train.max_steps=9")
+    code, _, err = cli("train", "--out", "runs/c", "--resume", "train.max_steps=9")
     assert code == 2 and "corrupt" in one_error_line(err)
     assert {p: p.read_bytes() for p in (tmp_path / "runs/c").rglob("*") if p.is_file()} == files
 
 
-def test_speedrun_reports_bits_per_byte(capsys, text_file, tmp_path):
-    code, out, _ = run(capsys, "speedrun", "--text", str(text_file), "--seconds", "4", "--json", "sr.json",
+def test_speedrun_reports_bits_per_byte(cli, text_file, tmp_path):
+    code, out, _ = cli("speedrun", "--text", str(text_file), "--seconds", "4", "--json", "sr.json",
                        "model.n_layer=1", "model.d_model=32", "model.n_heads=2", "model.n_kv_heads=2")
     assert code == 0
     report = json.loads((tmp_path / "sr.json").read_text())

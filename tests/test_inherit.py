@@ -13,8 +13,6 @@ import torch
 from tinylm.checkpoint import load_checkpoint
 from tinylm.cli import main
 from tinylm.config import ModelConfig
-from tinylm.errors import TinyLMError
-from tinylm.formats import load_model
 from tinylm.inherit import ChildShape, inherit
 from tinylm.inherit.importance import block_influence, calib_loss, choose_layers, skip_loss_increase, width_scores
 from tinylm.inherit.masks import learned_scores

@@ -4,16 +4,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 lm_eval = pytest.importorskip("lm_eval")
 
-from tinylm.checkpoint import save_checkpoint  # noqa: E402
-from tinylm.config import Config, ModelConfig  # noqa: E402
 from tinylm.eval.harness import run_benchmarks  # noqa: E402
 from tinylm.eval.likelihood import encode_requests, loglikelihoods, rolling_requests  # noqa: E402
-from tinylm.model import Transformer, generate  # noqa: E402
-from tinylm.tokenizer import byte_tokenizer  # noqa: E402
+from tinylm.model import generate  # noqa: E402
 
 ITEMS = [
     {"context": "The cat sat on the", "choices": ["mat.", "moon and stars.", "dog"], "gold": 0,
@@ -55,21 +51,15 @@ metric_list:
 
 
 @pytest.fixture
-def setup(tmp_path, monkeypatch):
+def setup(tiny_run, tmp_path, monkeypatch):
     """A tiny byte-level run, the items as JSONL and the three task YAMLs; returns (run, model, tokenizer, tmp)."""
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    tokenizer = byte_tokenizer()
-    cfg = Config()
-    cfg.model = ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=2, d_model=32, n_heads=2, n_kv_heads=1,
-                            max_seq_len=48, init_std=0.2)
-    torch.manual_seed(0)
-    model = Transformer(cfg.model).eval()
-    save_checkpoint(tmp_path / "run", model, cfg, tokenizer)
+    run, model, tokenizer = tiny_run
     data = tmp_path / "items.jsonl"
     data.write_text("".join(json.dumps(item) + "\n" for item in ITEMS))
     for name, body in YAMLS.items():
         (tmp_path / f"{name}.yaml").write_text(f"task: {name}\n" + DATA.format(path=data) + body)
-    return tmp_path / "run", model, tokenizer, tmp_path
+    return run, model, tokenizer, tmp_path
 
 
 def test_adapter_answers_every_request_type_as_tinylms_own_scorer(setup):

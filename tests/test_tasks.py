@@ -8,15 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinylm.checkpoint import save_checkpoint
-from tinylm.cli import main
-from tinylm.config import Config, ModelConfig
 from tinylm.errors import TinyLMError
 from tinylm.eval import text_bits_per_byte
 from tinylm.eval.harness import choice_metrics, last_word_metrics, run_benchmarks
 from tinylm.eval.likelihood import encode_requests, loglikelihoods, rolling_requests
 from tinylm.eval.tasks import TASKS, Item, _mmlu_items, _olmo_items, load_task
-from tinylm.model import Transformer
 from tinylm.tokenizer import byte_tokenizer
 
 ITEMS = [
@@ -27,19 +23,6 @@ ITEMS = [
     {"context": "", "choices": ["A good sentence.", "Sentence good a."], "gold": 0, "delimiter": ""},
     {"context": "Hi", "choices": ["there, how are you today?", "no"], "gold": 0},  # too short to share
 ]
-
-
-@pytest.fixture
-def tiny_run(tmp_path):
-    """A 2-layer byte-level run with random, fairly peaked weights; returns (run dir, model, tokenizer)."""
-    tokenizer = byte_tokenizer()
-    cfg = Config()
-    cfg.model = ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=2, d_model=32, n_heads=2, n_kv_heads=1,
-                            max_seq_len=48, init_std=0.2)
-    torch.manual_seed(0)
-    model = Transformer(cfg.model).eval()
-    save_checkpoint(tmp_path / "run", model, cfg, tokenizer)
-    return tmp_path / "run", model, tokenizer
 
 
 @pytest.fixture
@@ -215,31 +198,21 @@ def test_text_bits_per_byte_scores_every_byte_once_in_windows(tiny_run, tmp_path
     assert strided["tokens"] == len(text) and strided["bits_per_byte"] != report["bits_per_byte"]
 
 
-def run_cli(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_cli_prints_a_table_and_writes_json(capsys, tiny_run, task_file, tmp_path):
+def test_cli_prints_a_table_and_writes_json(cli, tiny_run, task_file, tmp_path):
     run, _, _ = tiny_run
     out_json = tmp_path / "scores.json"
-    code, out, _ = run_cli(capsys, "eval", str(run), "--tasks", str(task_file), "--limit", "3",
+    code, out, _ = cli("eval", str(run), "--tasks", str(task_file), "--limit", "3",
                            "--json", str(out_json))
     assert code == 0
     assert "| tiny_task | 3 | acc |" in out and "| acc_norm |" in out and "items/s" in out
     assert json.loads(out_json.read_text())["tasks"]["tiny_task"]["items"] == 3
     (tmp_path / "note.txt").write_text("A short note to score.")
-    code, out, _ = run_cli(capsys, "eval", str(run), "--text", str(tmp_path / "note.txt"))
+    code, out, _ = cli("eval", str(run), "--text", str(tmp_path / "note.txt"))
     assert code == 0 and "bits/byte" in out
 
 
-def test_cli_unknown_task_is_one_error_line(capsys, tiny_run):
-    code, _, err = run_cli(capsys, "eval", str(tiny_run[0]), "--tasks", "hellaswag,nope")
+def test_cli_unknown_task_is_one_error_line(cli, tiny_run):
+    code, _, err = cli("eval", str(tiny_run[0]), "--tasks", "hellaswag,nope")
     assert code == 2 and err.count("\n") == 1 and "unknown task 'nope'; known tasks: hellaswag," in err
 
 

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from tinylm.config import DataConfig
 from tinylm.data.corpus import describe_source, iter_documents, iter_parts
 from tinylm.errors import TinyLMError
+from tinylm.files import replace_folder
 from tinylm.tokenizer import FILENAME, Tokenizer, byte_tokenizer, train_bpe
 
 FORMAT_VERSION = 1  # part of every cache key: bump it when the prepared output changes
@@ -77,7 +78,7 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Tokenizer, val_fraction
                 "val_fraction": val_fraction, "piece_chars": piece_chars, "format": FORMAT_VERSION}
         tokenizer.save(staging)
         (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _replace(out_dir, staging)
+        replace_folder(out_dir, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # only still there if something failed
     return out_dir
@@ -280,17 +281,6 @@ def _check_out_dir(out_dir: Path, source: str, overwrite: bool) -> None:
     if overwrite and source and Path(source).resolve().is_relative_to(out_dir.resolve()):
         raise TinyLMError(f"'{out_dir}' holds the source '{source}', so replacing it would delete the text; "
                           "write the prepared data to another folder")
-
-
-def _replace(out_dir: Path, staging: Path) -> None:
-    """Put the finished folder in place; an old one is moved aside first and deleted last."""
-    if out_dir.exists():
-        old = staging.with_name(staging.name + "-old")
-        out_dir.rename(old)
-        staging.rename(out_dir)
-        shutil.rmtree(old)
-    else:
-        staging.rename(out_dir)
 
 
 def _progress_total(description: dict) -> int | None:

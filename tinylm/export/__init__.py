@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinylm.errors import TinyLMError
+from tinylm.files import replace_folder
 
 # format -> the dtypes it can store
 DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "bf16", "q8_0"), "onnx": ("f32", "f16")}
@@ -109,10 +110,4 @@ def _move_into_place(staging: Path, out: Path, targets: list[Path], folder: bool
             elif target.exists():
                 target.unlink()  # a stale OUT.data from an earlier, larger export
         return
-    if out.exists():  # a folder: the old one is moved aside first and deleted last
-        old = staging.with_name(staging.name + "-old")
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old)
-    else:
-        staging.rename(out)
+    replace_folder(out, staging)

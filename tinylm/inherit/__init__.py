@@ -28,6 +28,7 @@ from tinylm.checkpoint import save_checkpoint
 from tinylm.config import Config, DataConfig, ModelConfig
 from tinylm.data import TokenData, prepare_cached
 from tinylm.errors import TinyLMError
+from tinylm.files import replace_folder
 from tinylm.formats import load_model
 from tinylm.inherit.importance import DEPTH_STRATEGIES, WIDTH_METRICS, Batches, choose_layers, width_scores
 from tinylm.inherit.masks import learned_scores
@@ -131,43 +132,46 @@ def inherit(parent: str | Path, out: str | Path, shape: ChildShape | None = None
     child_cfg = child_config(parent_cfg, shape, len(id_map))
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    tok.save(staging)
-    torch.manual_seed(seed)
+    try:
+        tok.save(staging)
+        torch.manual_seed(seed)
 
-    # vocabulary (and the child's context length)
-    model = slice_model(loaded.model, Selection.everything(parent_cfg, tokens=id_map), child_cfg.max_seq_len)
-    del loaded
-    needs_calib = (child_cfg.n_layer < parent_cfg.n_layer and depth in ("block-influence", "loss")) or (
-        _narrower(child_cfg, parent_cfg) and width in ("taylor", "activation", "learned"))
-    batches = calibration_batches(staging / FILENAME, calib, calib_tokens, min(calib_seq_len, child_cfg.max_seq_len),
-                                  seed, progress=progress) if needs_calib else None
-    layers = choose_layers(model, child_cfg.n_layer, depth, batches)
-    model = slice_model(model, Selection.everything(model.cfg, layers=layers))  # depth
-    if _narrower(child_cfg, parent_cfg):
-        scores = (learned_scores(model, child_cfg, batches, mask_steps, seed=seed, progress=progress)
-                  if width == "learned" else width_scores(model, width, batches))
-        selection = choose_width(scores, model.cfg, child_cfg, torch.arange(child_cfg.vocab_size))
-        model = slice_model(model, selection)  # width
-        kept = {"hidden": selection.hidden.tolist(), "q_heads": [h.tolist() for h in selection.q_heads],
-                "kv_heads": [h.tolist() for h in selection.kv_heads]}
-    else:
-        kept = {}
-    assert model.cfg == child_cfg, (model.cfg, child_cfg)
+        # vocabulary (and the child's context length)
+        model = slice_model(loaded.model, Selection.everything(parent_cfg, tokens=id_map), child_cfg.max_seq_len)
+        del loaded
+        needs_calib = (child_cfg.n_layer < parent_cfg.n_layer and depth in ("block-influence", "loss")) or (
+            _narrower(child_cfg, parent_cfg) and width in ("taylor", "activation", "learned"))
+        seq_len = min(calib_seq_len, child_cfg.max_seq_len)
+        batches = calibration_batches(staging / FILENAME, calib, calib_tokens, seq_len, seed,
+                                      progress=progress) if needs_calib else None
+        layers = choose_layers(model, child_cfg.n_layer, depth, batches)
+        model = slice_model(model, Selection.everything(model.cfg, layers=layers))  # depth
+        if _narrower(child_cfg, parent_cfg):
+            scores = (learned_scores(model, child_cfg, batches, mask_steps, seed=seed, progress=progress)
+                      if width == "learned" else width_scores(model, width, batches))
+            selection = choose_width(scores, model.cfg, child_cfg, torch.arange(child_cfg.vocab_size))
+            model = slice_model(model, selection)  # width
+            kept = {"hidden": selection.hidden.tolist(), "q_heads": [h.tolist() for h in selection.q_heads],
+                    "kv_heads": [h.tolist() for h in selection.kv_heads]}
+        else:
+            kept = {}
+        assert model.cfg == child_cfg, (model.cfg, child_cfg)
 
-    cfg = Config(model=child_cfg, data=DataConfig(path=calib, tokenizer=str((out / FILENAME).resolve())))
-    cfg.save(staging / "config.yaml")
-    save_checkpoint(staging, model, cfg, tok)
-    counts = model.param_counts()
-    report = {"parent": str(Path(parent).resolve()), "parent_config": parent_cfg.__dict__,
-              "child_config": child_cfg.__dict__, "tokenizer": str(tokenizer) if tokenizer else "parent's",
-              "depth": depth, "width": width if _narrower(child_cfg, parent_cfg) else "none (full width)",
-              "layers": layers, "calibration": {"data": calib or "builtin", "windows": len(batches or []),
-                                               "seq_len": calib_seq_len, "mask_steps": mask_steps},
-              "params": counts, "seconds": round(time.perf_counter() - started, 1), **kept}
-    (staging / REPORT).write_text(json.dumps(report, indent=1) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+        cfg = Config(model=child_cfg, data=DataConfig(path=calib, tokenizer=str((out / FILENAME).resolve())))
+        cfg.save(staging / "config.yaml")
+        save_checkpoint(staging, model, cfg, tok)
+        counts = model.param_counts()
+        report = {"parent": str(Path(parent).resolve()), "parent_config": parent_cfg.__dict__,
+                  "child_config": child_cfg.__dict__, "tokenizer": str(tokenizer) if tokenizer else "parent's",
+                  "depth": depth, "width": width if _narrower(child_cfg, parent_cfg) else "none (full width)",
+                  "layers": layers, "calibration": {"data": calib or "builtin", "windows": len(batches or []),
+                                                   "seq_len": calib_seq_len, "mask_steps": mask_steps},
+                  "params": counts, "seconds": round(time.perf_counter() - started, 1), **kept}
+        (staging / REPORT).write_text(json.dumps(report, indent=1) + "\n")
+        replace_folder(out, staging)
+    except BaseException:  # nothing half-made stays behind; an old run in `out` is untouched
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return report
 
 

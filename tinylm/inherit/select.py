@@ -41,7 +41,8 @@ class Selection:
 
     def child_config(self, cfg: ModelConfig, max_seq_len: int | None = None) -> ModelConfig:
         return dataclasses.replace(
-            cfg, max_seq_len=max_seq_len or cfg.max_seq_len, vocab_size=len(self.tokens), n_layer=len(self.layers), d_model=len(self.hidden),
+            cfg, max_seq_len=max_seq_len or cfg.max_seq_len, vocab_size=len(self.tokens), n_layer=len(self.layers),
+            d_model=len(self.hidden),
             n_heads=len(self.q_heads[0]), n_kv_heads=len(self.kv_heads[0]), head_dim=head_dim(cfg),
             ffn_hidden=len(self.ffn[0]))
 

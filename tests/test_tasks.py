@@ -144,6 +144,18 @@ def test_a_context_longer_than_max_seq_len_is_truncated_from_the_left(tiny_run):
         assert logprob == pytest.approx(plain_score(model, ctx[-(48 + 1 - len(cont)):], cont)[0], abs=1e-4)
 
 
+def test_a_continuation_longer_than_max_seq_len_is_scored_in_pieces(tiny_run):
+    _, model, tok = tiny_run
+    context, continuation = tok.encode("Once upon a time"), tok.encode(" there was a tiny model that read. " * 3)
+    assert len(continuation) > 2 * 48
+    (logprob, greedy), = loglikelihoods(model, [(context, continuation)])
+    expected = 0.0
+    for start in range(0, len(continuation), 48):  # each piece sees the 49 - len(piece) tokens before it
+        piece = continuation[start:start + 48]
+        expected += plain_score(model, (context + continuation[:start])[-(48 + 1 - len(piece)):], piece)[0]
+    assert logprob == pytest.approx(expected, abs=1e-3) and not greedy
+
+
 def test_acc_takes_the_highest_sum_and_acc_norm_divides_by_choice_characters():
     items = [Item(["q"] * 2, ["a", "bbbb"], gold=1), Item(["q"] * 2, ["aa", "b"], gold=0),
              Item(["q"] * 2, ["a", "b"], gold=0), Item(["q"] * 2, ["a", "b"], gold=0)]

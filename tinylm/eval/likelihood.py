@@ -82,20 +82,35 @@ class _Row:
     width: int  # the longest tail of its context's rows: sorting by it keeps padding within a batch small
 
 
+def _in_pieces(model: Transformer, requests: list[Request], batch_size: int, progress: bool,
+               desc: str) -> list[tuple[float, bool]]:
+    """Continuations longer than max_seq_len, scored in consecutive pieces of max_seq_len tokens, each with
+    everything before it as context (left-truncated like any other request); pieces' scores add up."""
+    max_len = model.cfg.max_seq_len
+    pieces, owners = [], []
+    for i, (context, continuation) in enumerate(requests):
+        for start in range(0, max(len(continuation), 1), max_len):
+            pieces.append((context + continuation[:start], continuation[start:start + max_len]))
+            owners.append(i)
+    results = [(0.0, True)] * len(requests)
+    for owner, (logprob, greedy) in zip(owners, loglikelihoods(model, pieces, batch_size, progress, desc)):
+        results[owner] = (results[owner][0] + logprob, results[owner][1] and greedy)
+    return results
+
+
 @torch.no_grad()
 def loglikelihoods(model: Transformer, requests: list[Request], batch_size: int = 32, progress: bool = False,
                    desc: str = "scoring") -> list[tuple[float, bool]]:
     """(summed log-probability of the continuation, whether greedy decoding produces it) per request."""
     model.eval()
     max_len = model.cfg.max_seq_len
+    if any(len(continuation) > max_len for _, continuation in requests):
+        return _in_pieces(model, requests, batch_size, progress, desc)
     results: list[tuple[float, bool]] = [(0.0, True)] * len(requests)  # an empty continuation is certain
     by_context: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
     for i, (context, continuation) in enumerate(requests):
         if not continuation:
             continue
-        if len(continuation) > max_len:
-            raise TinyLMError(f"a continuation of {len(continuation)} tokens does not fit the model's "
-                              f"max_seq_len ({max_len})")
         tokens = (context + continuation)[-(max_len + 1):]  # left-truncate, as the harness does
         by_context.setdefault(tuple(tokens[:-len(continuation)]), []).append((i, continuation))
     rows = []

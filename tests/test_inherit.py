@@ -356,3 +356,22 @@ def test_an_existing_run_is_not_replaced_without_overwrite(tmp_path, tokenizer, 
     assert "--overwrite" in _error_line(capsys, ["inherit", "--parent", str(tmp_path / "parent"), "--out",
                                                  str(tmp_path / "child")])
     assert (tmp_path / "child" / "keep.txt").read_text() == "mine"
+
+
+def test_a_tinylm_run_is_a_parent_too(tmp_path, tokenizer):
+    from tinylm.checkpoint import save_checkpoint
+    from tinylm.config import Config
+
+    parent = _tiny_parent(qkv_bias=True, tie_embeddings=False)
+    parent.cfg.vocab_size = tokenizer.vocab_size
+    parent = Transformer(parent.cfg).eval()
+    save_checkpoint(tmp_path / "parent", parent, Config(model=parent.cfg), tokenizer)
+    inherit(tmp_path / "parent", tmp_path / "same", ChildShape(max_seq_len=64), progress=False)
+    ids = _ids(tokenizer.vocab_size)
+    with torch.no_grad():
+        assert (load_checkpoint(tmp_path / "same").model(ids) - parent(ids)).abs().max().item() <= 1e-5
+    inherit(tmp_path / "parent", tmp_path / "small", ChildShape(n_layer=2, d_model=32, n_heads=2, n_kv_heads=1,
+                                                                ffn_hidden=48, max_seq_len=64), width="l2",
+            progress=False)
+    small = load_checkpoint(tmp_path / "small").model
+    assert (small.cfg.n_layer, small.cfg.d_model, small.cfg.n_heads, small.cfg.qkv_bias) == (2, 32, 2, True)

@@ -192,7 +192,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     val_loss = val_bpb = float("nan")
     model.train()
     try:
-        while (p := progress_of(cfg, step, tokens, time.perf_counter() - clock)) < 1.0:
+        # the clock read that decides to stop is the one reported, so a time-limited run reports >= its limit
+        while (p := progress_of(cfg, step, tokens, seconds := time.perf_counter() - clock)) < 1.0:
             factor = lr_at(step, p, lr=1.0, schedule=tc.schedule, warmup_steps=tc.warmup_steps,
                            min_lr_ratio=tc.min_lr_ratio, decay_fraction=tc.decay_fraction)
             for group in optimizer.param_groups:

@@ -42,7 +42,7 @@ def choose_layers(model: Transformer, n: int, strategy: str, calib: Batches | No
 
 
 @contextmanager
-def _hooks(handles: list):
+def removing_hooks(handles: list):
     try:
         yield
     finally:
@@ -60,7 +60,7 @@ def block_influence(model: Transformer, calib: Batches) -> torch.Tensor:
             totals[i] += (1 - F.cosine_similarity(inputs[0].float(), output.float(), dim=-1)).mean().item()
         return record
 
-    with _hooks([layer.register_forward_hook(hook(i)) for i, layer in enumerate(model.layers)]):
+    with removing_hooks([layer.register_forward_hook(hook(i)) for i, layer in enumerate(model.layers)]):
         for x, _ in calib:
             model(x)
     return totals / len(calib)
@@ -176,7 +176,7 @@ def activation_scores(model: Transformer, calib: Batches) -> WidthScores:
         handles += [layer.attn.wo.register_forward_pre_hook(on_heads(i)),
                     layer.ffn.w2.register_forward_pre_hook(on_ffn(i)),
                     layer.attn_norm.register_forward_hook(on_norm), layer.ffn_norm.register_forward_hook(on_norm)]
-    with _hooks(handles):
+    with removing_hooks(handles):
         for x, _ in calib:
             model(x)
     return WidthScores(hidden, heads, ffn)

@@ -22,7 +22,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from tinylm.config import ModelConfig
-from tinylm.inherit.importance import Batches, _hooks
+from tinylm.inherit.importance import Batches, removing_hooks
 from tinylm.inherit.select import WidthScores
 from tinylm.model import Transformer, resolved_ffn_hidden
 from tinylm.model.llama import head_dim
@@ -84,7 +84,7 @@ def learned_scores(model: Transformer, child: ModelConfig, calib: Batches, steps
     opt_lambdas = torch.optim.Adam([lambdas], lr=lr, maximize=True)
     gates.train()
     try:
-        with _hooks(handles):
+        with removing_hooks(handles):
             for step in tqdm(range(steps), desc="learning masks", disable=not progress, unit="step"):
                 x, y = calib[step % len(calib)]
                 z.update({name: g() for name, g in gates.items()})

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from tinylm.config import ModelConfig
 from tinylm.errors import TinyLMError
-from tinylm.model.llama import parameter_names, resolved_ffn_hidden
+from tinylm.model.llama import head_dim, parameter_names, resolved_ffn_hidden
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 
@@ -68,14 +68,14 @@ def model_config_from_hf(config: dict, source: str = "config.json") -> ModelConf
                           "bias are supported")
     heads = config["num_attention_heads"]
     hidden = config["hidden_size"]
-    head_dim = config.get("head_dim") or hidden // heads
+    head_size = config.get("head_dim") or hidden // heads
     max_len = config.get("max_position_embeddings", 2048)
     if kind == "mistral" and config.get("sliding_window"):
         max_len = min(max_len, config["sliding_window"])  # within the window attention is plain causal
     return ModelConfig(
         vocab_size=config["vocab_size"], n_layer=config["num_hidden_layers"], d_model=hidden,
         n_heads=heads, n_kv_heads=config.get("num_key_value_heads") or heads,
-        head_dim=0 if head_dim * heads == hidden else head_dim, qkv_bias=kind == "qwen2",
+        head_dim=0 if head_size * heads == hidden else head_size, qkv_bias=kind == "qwen2",
         ffn_hidden=config["intermediate_size"], max_seq_len=max_len, rope_theta=rope_theta_of(config),
         tie_embeddings=bool(config.get("tie_word_embeddings", False)), norm_eps=config.get("rms_norm_eps", 1e-6))
 
@@ -108,12 +108,11 @@ def read_hf_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]
 def hf_config_from_model(cfg: ModelConfig, bos_id: int | None = None, eos_id: int | None = None) -> dict:
     """A config.json for a tinylm ModelConfig (LlamaForCausalLM, or Qwen2ForCausalLM with q/k/v biases)."""
     kind = "qwen2" if cfg.qkv_bias else "llama"
-    head_dim = cfg.head_dim or cfg.d_model // cfg.n_heads
     config = {
         "architectures": ["Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM"], "model_type": kind,
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": resolved_ffn_hidden(cfg),
         "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_kv_heads, "head_dim": head_dim, "hidden_act": "silu",
+        "num_key_value_heads": cfg.n_kv_heads, "head_dim": head_dim(cfg), "hidden_act": "silu",
         "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
         "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False, "mlp_bias": False,
         "torch_dtype": "float32", "bos_token_id": bos_id, "eos_token_id": eos_id,

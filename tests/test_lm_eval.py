@@ -98,3 +98,39 @@ def test_lm_eval_command_line_runs_the_tinylm_model_type(setup):
                           capture_output=True, text=True, timeout=300, env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "tiny_choice" in proc.stdout and "acc_norm" in proc.stdout
+
+
+def test_the_hook_registers_the_tinylm_type_when_lm_eval_fills_its_registry_without_loading_tinylm():
+    probe = ("import sys, tinylm_lm_eval_hook\n"
+             "from lm_eval.api.registry import get_model, model_registry\n"
+             "get_model('dummy')\n"  # the first lookup makes lm_eval import its models, which the hook waits for
+             "print('tinylm' in model_registry, 'tinylm.eval' in sys.modules, 'torch' in sys.modules)\n"
+             "print(get_model('tinylm').__name__)\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True", "False", "False", "TinyLMEval"]
+
+
+def test_install_hook_writes_a_pth_that_imports_the_hook_and_remove_hook_deletes_it(tmp_path):
+    from tinylm.eval.lm_eval_adapter import HOOK_FILE, install_hook, remove_hook
+
+    path = install_hook(tmp_path)
+    assert path == tmp_path / HOOK_FILE and path.read_text() == "import tinylm_lm_eval_hook\n"
+    remove_hook(tmp_path)
+    assert not path.exists()
+
+
+@pytest.mark.slow  # lm_eval's start-up again
+def test_lm_evals_own_command_runs_the_tinylm_type_once_the_hook_is_installed(setup):
+    from tinylm.eval.lm_eval_adapter import install_hook
+
+    run, _, _, tmp = setup
+    install_hook(tmp / "site")
+    # what the `lm_eval` console script runs, in an interpreter whose site-packages holds the .pth
+    command = (f"import site, sys; site.addsitedir({str(tmp / 'site')!r}); sys.argv[0] = 'lm_eval'\n"
+               "from lm_eval.__main__ import cli_evaluate; cli_evaluate()")
+    proc = subprocess.run([sys.executable, "-c", command, "--model", "tinylm", "--model_args", f"path={run}",
+                           "--tasks", "tiny_choice", "--include_path", str(tmp), "--batch_size", "8"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "tiny_choice" in proc.stdout and "acc_norm" in proc.stdout

@@ -1,12 +1,16 @@
 """lm-evaluation-harness adapter: any model `load_model` reads, as lm_eval's model type `tinylm`.
 
-    python -m tinylm.eval.lm_eval_adapter --model tinylm --model_args path=RUN --batch_size 32 --tasks TASKS ...
+    tinylm-lm-eval --model tinylm --model_args path=RUN --batch_size 32 --tasks TASKS ...
+    lm_eval --model tinylm ...      (after `tinylm-lm-eval --install-hook`, once per environment)
 
 lm_eval 0.4.13 looks models up in its own registry only and loads no plugin
 entry points, so the `tinylm` model type exists in a process that imported
-this module. The command above imports it and then runs lm_eval's own command
-line, with every lm_eval option (--include_path for local task YAMLs,
---limit, --output_path, ...). From Python: import this module, then
+this module. `tinylm-lm-eval` (or `python -m tinylm.eval.lm_eval_adapter`)
+imports it and then runs lm_eval's own command line, with every lm_eval option
+(--include_path for local task YAMLs, --limit, --output_path, ...).
+`tinylm-lm-eval --install-hook` makes the plain `lm_eval` command know the type
+too, through a .pth file in site-packages (tinylm_lm_eval_hook.py says how;
+`--remove-hook` undoes it). From Python: import this module, then
 `lm_eval.simple_evaluate(model="tinylm", model_args="path=RUN", ...)` or pass
 a `TinyLMEval(path=...)` as the model.
 
@@ -23,6 +27,8 @@ in tinylm imports this module.
 from __future__ import annotations
 
 import sys
+import sysconfig
+from pathlib import Path
 
 import torch
 from lm_eval.api.model import LM
@@ -109,12 +115,39 @@ class TinyLMEval(LM):
         return text
 
 
+HOOK_FILE = "tinylm_lm_eval.pth"  # Python runs a .pth file's import lines at every start-up
+
+
+def install_hook(site_dir: str | Path | None = None) -> Path:
+    """Write the .pth that makes `lm_eval --model tinylm` work in this environment (tinylm_lm_eval_hook.py)."""
+    import tinylm_lm_eval_hook  # noqa: F401  -- fail here, not at every start-up, if it cannot be imported
+
+    path = Path(site_dir or sysconfig.get_paths()["purelib"]) / HOOK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("import tinylm_lm_eval_hook\n")
+    return path
+
+
+def remove_hook(site_dir: str | Path | None = None) -> Path:
+    path = Path(site_dir or sysconfig.get_paths()["purelib"]) / HOOK_FILE
+    path.unlink(missing_ok=True)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
-    """lm_eval's command line, with the `tinylm` model type registered."""
+    """lm_eval's command line, with the `tinylm` model type registered; or, given only --install-hook or
+    --remove-hook, make lm_eval's own `lm_eval` command know the `tinylm` model type, or forget it."""
     from lm_eval.__main__ import cli_evaluate
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
+    if sys.argv[1:] == ["--install-hook"]:
+        print(f"wrote {install_hook()}: `lm_eval --model tinylm` now works in this environment "
+              "(undo with --remove-hook)")
+        return
+    if sys.argv[1:] == ["--remove-hook"]:
+        print(f"removed {remove_hook()}: use `tinylm-lm-eval` for the tinylm model type")
+        return
     try:
         cli_evaluate()
     except TinyLMError as e:

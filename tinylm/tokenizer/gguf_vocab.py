@@ -1,11 +1,14 @@
 """The tokenizer inside a GGUF file (llama.cpp's format), rebuilt as a Hugging Face `tokenizer.json`.
 
-Only llama.cpp's "gpt2" tokenizer model (a byte-level BPE: the family of GPT-2,
-SmolLM, Llama-3 and Qwen2) is rebuilt. The GGUF stores the vocabulary, the token
-types and the merges, but not the pre-tokenizer: only its name in
+Two of llama.cpp's tokenizer models are rebuilt. "gpt2", a byte-level BPE (the
+family of GPT-2, SmolLM, Llama-3 and Qwen2): the GGUF stores the vocabulary, the
+token types and the merges, but not the pre-tokenizer: only its name in
 `tokenizer.ggml.pre`, which PRE_TOKENIZERS maps to the splitting rules llama.cpp
-applies for that name. Needs the `gguf` package (pip install gguf); reads the
-metadata only, never the tensors' data. Knows nothing of models or training.
+applies for that name. "llama", a SentencePiece BPE with byte fallback (Llama-2,
+Mistral): the GGUF stores the pieces, their scores and types, which make the
+SentencePiece model tinylm.tokenizer.sentencepiece rebuilds. Needs the `gguf`
+package (pip install gguf); reads the metadata only, never the tensors' data.
+Knows nothing of models or training.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tinylm.errors import TinyLMError
+from tinylm.tokenizer.sentencepiece import model_from_pieces
+from tinylm.tokenizer.sentencepiece import tokenizer_json as sentencepiece_tokenizer_json
 
 # llama.cpp's token types
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED = 1, 3, 4
@@ -47,43 +52,60 @@ PRE_TOKENIZERS = {
 
 
 def read_gguf_tokenizer(path: str | Path) -> tuple[dict, dict]:
-    """(tokenizer.json content, model facts: {"width": embedding width or None, "tied": bool or None})."""
+    """(tokenizer.json content, model facts: {"width": embedding width or None, "tied": bool or None,
+    "sentencepiece": the serialized SentencePiece model of a "llama" tokenizer, else None})."""
     fields, tensor_names = _read_metadata(Path(path))
     model = _string(fields, "tokenizer.ggml.model", path)
-    if model != "gpt2":
-        kind = "SentencePiece (llama)" if model == "llama" else repr(model)
-        raise TinyLMError(f"'{path}' holds a {kind} tokenizer; only byte-level BPE ('gpt2') GGUF tokenizers are "
-                          "supported, give the model's tokenizer.json instead")
+    if model not in ("gpt2", "llama"):
+        raise TinyLMError(f"'{path}' holds a {model!r} tokenizer; only byte-level BPE ('gpt2') and SentencePiece "
+                          "BPE ('llama') GGUF tokenizers are supported, give the model's tokenizer.json instead")
+    tokens = _strings(fields, "tokenizer.ggml.tokens", path)
+    types = _numbers(fields, "tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
+    if len(types) != len(tokens) or len(set(tokens)) != len(tokens):
+        raise TinyLMError(f"'{path}' has an inconsistent token list (duplicates or a token_type count that "
+                          "does not match); the file is damaged")
+    bos = _number(fields, "tokenizer.ggml.bos_token_id")
+    sentencepiece = None
+    if model == "llama":
+        scores = _numbers(fields, "tokenizer.ggml.scores", float)
+        if scores is None or len(scores) != len(tokens):
+            raise TinyLMError(f"'{path}' has a SentencePiece ('llama') tokenizer without a score for each token; "
+                              "the file is damaged")
+        # llama.cpp adds the dummy prefix unless the file says otherwise
+        add_prefix = _number(fields, "tokenizer.ggml.add_space_prefix")
+        model_proto = model_from_pieces(list(zip(tokens, scores, types)), bos,
+                                        _number(fields, "tokenizer.ggml.eos_token_id"),
+                                        add_dummy_prefix=add_prefix is None or bool(add_prefix), path=path)
+        tokenizer_json, sentencepiece = sentencepiece_tokenizer_json(model_proto), model_proto.SerializeToString()
+    else:
+        tokenizer_json = _byte_level_tokenizer_json(fields, tokens, types, path)
+    if _number(fields, "tokenizer.ggml.add_bos_token") and bos is not None:
+        tokenizer_json["post_processor"] = _prepend_bos(tokens[bos], bos)
+    arch = _string(fields, "general.architecture", path, default="")
+    width = _number(fields, f"{arch}.embedding_length")
+    tied = None if not tensor_names else "output.weight" not in tensor_names
+    return tokenizer_json, {"width": width, "tied": tied, "sentencepiece": sentencepiece}
+
+
+def _byte_level_tokenizer_json(fields, tokens: list[str], types: list[int], path) -> dict:
     pre = _string(fields, "tokenizer.ggml.pre", path, default="gpt2")
     if pre not in PRE_TOKENIZERS:
         raise TinyLMError(f"'{path}' uses the pre-tokenizer '{pre}', which tinylm cannot rebuild "
                           f"(known: {', '.join(sorted(PRE_TOKENIZERS))}); give the model's tokenizer.json instead")
     pre_tokenizer, ignore_merges = PRE_TOKENIZERS[pre]
-    tokens = _strings(fields, "tokenizer.ggml.tokens", path)
     merges = _strings(fields, "tokenizer.ggml.merges", path)
-    types = _numbers(fields, "tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
-    if len(types) != len(tokens) or len(set(tokens)) != len(tokens):
-        raise TinyLMError(f"'{path}' has an inconsistent token list (duplicates or a token_type count that "
-                          "does not match); the file is damaged")
     added = [{"id": i, "content": token, "single_word": False, "lstrip": False, "rstrip": False,
               "normalized": kind != TOKEN_CONTROL, "special": kind == TOKEN_CONTROL}
              for i, (token, kind) in enumerate(zip(tokens, types)) if kind in (TOKEN_CONTROL, TOKEN_USER_DEFINED)]
-    bos = _number(fields, "tokenizer.ggml.bos_token_id")
-    add_bos = bool(_number(fields, "tokenizer.ggml.add_bos_token"))
-    tokenizer_json = {
+    return {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
-        "pre_tokenizer": pre_tokenizer,
-        "post_processor": _prepend_bos(tokens[bos], bos) if add_bos and bos is not None else None,
+        "pre_tokenizer": pre_tokenizer, "post_processor": None,
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
                   "ignore_merges": ignore_merges, "vocab": {token: i for i, token in enumerate(tokens)},
                   "merges": merges},
     }
-    arch = _string(fields, "general.architecture", path, default="")
-    width = _number(fields, f"{arch}.embedding_length")
-    tied = None if not tensor_names else "output.weight" not in tensor_names
-    return tokenizer_json, {"width": width, "tied": tied}
 
 
 def _prepend_bos(token: str, token_id: int) -> dict:
@@ -132,11 +154,11 @@ def _string(fields, key: str, path, default: str | None = None) -> str:
     return _strings(fields, key, path)[0]
 
 
-def _numbers(fields, key: str) -> list[int] | None:
+def _numbers(fields, key: str, kind=int) -> list | None:
     if key not in fields:
         return None
     field = fields[key]
-    return [int(field.parts[i][0]) for i in field.data]
+    return [kind(field.parts[i][0]) for i in field.data]
 
 
 def _number(fields, key: str) -> int | None:

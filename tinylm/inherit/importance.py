@@ -83,11 +83,8 @@ def skip_loss_increase(model: Transformer, calib: Batches) -> torch.Tensor:
         inputs = [model.embed(x)]
         for layer in model.layers:
             inputs.append(layer(inputs[-1], cos, sin))
-        for i in range(n + 1):
-            h = inputs[i]  # layer i's input, or the final hidden state
-            for layer in model.layers[i + 1:]:
-                h = layer(h, cos, sin)
-            totals[i] += F.cross_entropy(model.lm_head(model.norm(h)).flatten(0, 1).float(), y.flatten()).item()
+        for i in range(n + 1):  # inputs[i]: layer i's input, or (i = n) the final hidden state
+            totals[i] += model.forward_from(inputs[i], i + 1, y).item()
     return (totals[:n] - totals[n]) / len(calib)
 
 

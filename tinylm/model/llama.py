@@ -181,10 +181,15 @@ class Transformer(nn.Module):
         B, T = idx.shape
         if start + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        return self.forward_from(self.drop(self.embed(idx)), 0, targets, cache, start)
+
+    def forward_from(self, x, first_layer: int, targets=None, cache: KVCache | None = None, start: int = 0):
+        """The rest of forward from layer `first_layer` on, given that layer's input x (B, T, d_model); a
+        `first_layer` past the last layer leaves only the final norm and head (for surgery that skips layers)."""
+        T = x.size(1)
         cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
-        x = self.drop(self.embed(idx))
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, cache, i, start)
+        for i in range(first_layer, len(self.layers)):
+            x = self.layers[i](x, cos, sin, cache, i, start)
         logits = self.lm_head(self.norm(x))
         if targets is None:
             return logits

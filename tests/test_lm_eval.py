@@ -112,10 +112,16 @@ def test_the_hook_registers_the_tinylm_type_when_lm_eval_fills_its_registry_with
 
 
 def test_install_hook_writes_a_pth_that_imports_the_hook_and_remove_hook_deletes_it(tmp_path):
-    from tinylm.eval.lm_eval_adapter import HOOK_FILE, install_hook, remove_hook
+    from tinylm.eval.lm_eval_adapter import HOOK_FILE, HOOK_LINE, install_hook, remove_hook
 
     path = install_hook(tmp_path)
-    assert path == tmp_path / HOOK_FILE and path.read_text() == "import tinylm_lm_eval_hook\n"
+    assert path == tmp_path / HOOK_FILE and path.read_text() == HOOK_LINE + "\n"
+    imported = "print(sys.modules.get('tinylm_lm_eval_hook') is not None)"
+    gone = "sys.modules['tinylm_lm_eval_hook'] = None"  # what find_spec sees once tinylm is uninstalled
+    for setup, expected in (("", "True"), (gone, "False")):
+        probe = f"import sys\n{setup}\n{HOOK_LINE}\n{imported}"
+        proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+        assert (proc.stdout.strip(), proc.stderr) == (expected, "")
     remove_hook(tmp_path)
     assert not path.exists()
 

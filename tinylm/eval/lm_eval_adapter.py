@@ -116,6 +116,8 @@ class TinyLMEval(LM):
 
 
 HOOK_FILE = "tinylm_lm_eval.pth"  # Python runs a .pth file's import lines at every start-up
+HOOK_LINE = ("import importlib.util; importlib.util.find_spec('tinylm_lm_eval_hook') and "
+             "__import__('tinylm_lm_eval_hook')")
 
 
 def install_hook(site_dir: str | Path | None = None) -> Path:
@@ -124,7 +126,8 @@ def install_hook(site_dir: str | Path | None = None) -> Path:
 
     path = Path(site_dir or sysconfig.get_paths()["purelib"]) / HOOK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("import tinylm_lm_eval_hook\n")
+    # a .pth line that starts with "import" is run; this one stays quiet once tinylm is uninstalled
+    path.write_text(f"{HOOK_LINE}\n")
     return path
 
 

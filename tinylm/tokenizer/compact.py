@@ -208,7 +208,8 @@ def select_tokens(parent: ParentTokenizer, counts: np.ndarray, vocab_size: int,
             built_on[part] -= 1
 
     # longest first: a token goes before the parts it is built from, so the set stays closed at every step
-    for token_id in sorted(_built_on(set(banned) - protected, ancestors), key=lambda i: -len(parent.token_of[i])):
+    doomed = _built_on(set(banned) - protected, _made_from(ancestors, parent.token_of))
+    for token_id in sorted(doomed, key=lambda i: -len(parent.token_of[i])):
         if len(kept) == vocab_size:
             break
         drop(token_id)
@@ -436,19 +437,11 @@ def _cheapest_to_drop(parent: ParentTokenizer, checked: _Checked, n: int) -> set
     falls into among the tokens still kept: that many minus one is the cost."""
     ancestors = _merge_parents(parent)
     kept = set(checked.id_map)
-    built_on: dict[int, list[int]] = {}
-    for token_id in kept:
-        for part in set(ancestors.get(token_id, ())):
-            built_on.setdefault(part, []).append(token_id)
+    made_from = _made_from(ancestors, kept)
     emitted = dict(zip(checked.id_map, checked.emitted.tolist()))
 
     def cost_per_slot(token_id: int) -> float:
-        group, stack = set(), [token_id]
-        while stack:
-            current = stack.pop()
-            if current not in group:
-                group.add(current)
-                stack.extend(built_on.get(current, ()))
+        group = _built_on({token_id}, made_from)
         return sum(emitted[i] * (_split_count(i, ancestors, kept - group) - 1) for i in group) / len(group)
 
     return set(sorted((checked.id_map[i] for i in checked.never_emitted), key=cost_per_slot)[:n])
@@ -462,12 +455,17 @@ def _split_count(token_id: int, ancestors: dict[int, tuple[int, int]], present: 
     return sum(1 if part in present else _split_count(part, ancestors, present) for part in parts)
 
 
-def _built_on(roots: set[int], ancestors: dict[int, tuple[int, int]]) -> set[int]:
-    """The `roots` and every token whose merge chain holds one of them."""
+def _made_from(ancestors: dict[int, tuple[int, int]], among: Iterable[int]) -> dict[int, list[int]]:
+    """Token id -> the tokens of `among` built from it (it is one of the two parts of their merge)."""
     made_from: dict[int, list[int]] = {}
-    for token_id, parts in ancestors.items():
-        for part in set(parts):
+    for token_id in among:
+        for part in set(ancestors.get(token_id, ())):
             made_from.setdefault(part, []).append(token_id)
+    return made_from
+
+
+def _built_on(roots: set[int], made_from: dict[int, list[int]]) -> set[int]:
+    """The `roots` and every token whose merge chain holds one of them."""
     found, stack = set(), list(roots)
     while stack:
         current = stack.pop()
@@ -475,6 +473,7 @@ def _built_on(roots: set[int], ancestors: dict[int, tuple[int, int]]) -> set[int
             found.add(current)
             stack.extend(made_from.get(current, ()))
     return found
+
 
 def _bincount(id_arrays: list[np.ndarray], id_limit: int) -> np.ndarray:
     if not id_arrays:

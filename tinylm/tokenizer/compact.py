@@ -197,7 +197,7 @@ def select_tokens(parent: ParentTokenizer, counts: np.ndarray, vocab_size: int,
     check_vocab_size(parent, vocab_size)
     ancestors = _merge_parents(parent)
     protected = parent.special_ids | parent.byte_ids
-    occurrences = {i: int(counts[i]) if i < len(counts) else 0 for i in parent.token_of}
+    occurrences = {i: int(counts[i]) for i in parent.token_of}  # counts covers every id (count_tokens)
     built_on = Counter(part for parts in ancestors.values() for part in parts)  # kept tokens made from each id
     kept = set(parent.token_of)
 

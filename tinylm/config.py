@@ -58,6 +58,8 @@ class TrainConfig:
     grad_accum: int = 1
     optimizer: str = "adamw"  # adamw | muon (Muon on the blocks' matrices, AdamW on the rest)
     lr: float = 2e-3  # AdamW peak learning rate
+    lr_scaling: str = "none"  # none | sqrt: lr and muon_lr scaled by (batch tokens / lr_batch_tokens)^0.5
+    lr_batch_tokens: int = 4096  # the batch (sequences x accumulation x context) lr and muon_lr were tuned at
     muon_lr: float = 0.02
     muon_momentum: float = 0.95
     min_lr_ratio: float = 0.0  # final lr as a fraction of lr
@@ -71,6 +73,9 @@ class TrainConfig:
     max_steps: int = 2000
     max_tokens: int = 0  # 0: no token limit
     max_seconds: float = 0.0  # 0: no time limit; otherwise the schedule follows wall-clock time
+    rounds: int = 1  # multiple-round training: rounds after the first retrain on batches drawn by loss
+    refine_ratio: float = 0.5  # batches each later round draws, as a share of the first round's
+    refine_temperature: float = 1.0  # tau in p_i = softmax(loss_i / tau) over the first round's batches
     eval_every: int = 250
     eval_tokens: int = 65536  # validation tokens per periodic evaluation (0 = whole split)
     ckpt_every: int = 500

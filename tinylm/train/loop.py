@@ -1,5 +1,5 @@
 """The training loop: AdamW, warmup + cosine/WSD schedule, accumulation, clipping,
-periodic validation, atomic checkpoints and exact resume.
+periodic validation, atomic checkpoints, exact resume and multiple-round training (rounds.py).
 
 Exact resume: batches depend only on (seed, step) and the checkpoint holds the
 optimizer and every RNG state, so on CPU a resumed run repeats the losses an
@@ -27,9 +27,10 @@ from tinylm.data.tokens import TokenData
 from tinylm.errors import TinyLMError
 from tinylm.model import Transformer, sum_nats
 from tinylm.tokenizer import Tokenizer
-from tinylm.train.optim import build_optimizer
+from tinylm.train.optim import build_optimizer, peak_lrs
 from tinylm.train.perf import peak_flops
 from tinylm.train.plot import plot_metrics
+from tinylm.train.rounds import ROUNDS_DIR, RoundSchedule, score_batches
 from tinylm.train.schedule import lr_at
 
 
@@ -90,7 +91,7 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 
 def remove_run(run_dir: Path) -> None:
-    for name in (CHECKPOINT, "metrics.jsonl", "loss.png"):
+    for name in (CHECKPOINT, "metrics.jsonl", "loss.png", ROUNDS_DIR):
         target = run_dir / name
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
 
@@ -136,14 +137,17 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     if cfg.model.vocab_size < data.vocab_size:
         raise TinyLMError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the data's vocabulary ({data.vocab_size})")
     data.check_trainable(cfg.model.max_seq_len)
+    seq_len, tokens_per_step = cfg.model.max_seq_len, tc.batch_size * tc.grad_accum * cfg.model.max_seq_len
+    run_dir = Path(run_dir) if run_dir is not None else None
+    rounds = RoundSchedule.from_config(tc, tokens_per_step, run_dir)
     torch.manual_seed(tc.seed)
     try:
         model = Transformer(cfg.model).to(device)
     except ValueError as e:
         raise TinyLMError(str(e))
     optimizer = build_optimizer(model, cfg, device)
+    peak_lr = peak_lrs(cfg)[0]  # AdamW's, as logged
     step, tokens, seconds = 0, 0, 0.0
-    run_dir = Path(run_dir) if run_dir is not None else None
     if resume:
         ckpt = load_checkpoint(run_dir, with_state=True)
         if ckpt.cfg.model != cfg.model:
@@ -177,9 +181,17 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
                      "seconds": seconds, "rng": rng_state(device)}
             save_checkpoint(run_dir, model, cfg, tokenizer, state)
 
+    def micro_batches(first_round_step: int, to_device: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The micro-batches of a first-round step: they depend only on (seed, step), so every round and a
+        resumed run see the same ones."""
+        pairs = [data.batch(tc.batch_size, seq_len, tc.seed, first_round_step * tc.grad_accum + micro)
+                 for micro in range(tc.grad_accum)]
+        if to_device:
+            pairs = [(x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in pairs]
+        return pairs
+
     train_model = torch.compile(model) if tc.compile else model
     autocast = autocast_for(device, tc.precision)
-    seq_len, tokens_per_step = cfg.model.max_seq_len, tc.batch_size * tc.grad_accum * cfg.model.max_seq_len
     params = model.param_counts()
     # the bar runs over training progress (steps, tokens or seconds: whichever limit is nearest), so its
     # ETA is right for every stop condition
@@ -194,15 +206,20 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     try:
         # the clock read that decides to stop is the one reported, so a time-limited run reports >= its limit
         while (p := progress_of(cfg, step, tokens, seconds := time.perf_counter() - clock)) < 1.0:
-            factor = lr_at(step, p, lr=1.0, schedule=tc.schedule, warmup_steps=tc.warmup_steps,
+            if rounds.needs_selection(step):  # a new round: score the first round's batches, draw this round's
+                checkpoint()  # the round's end, so a crash while scoring resumes the scoring, not the round
+                rounds.select(step, lambda scores_file: score_batches(
+                    model, lambda i: micro_batches(i, to_device=False), rounds.first_round_steps, scores_file,
+                    autocast, progress))
+                window_tokens, window_start = 0, time.perf_counter()  # scoring time is not training throughput
+            round_step, round_progress = rounds.position(step, p)
+            factor = lr_at(round_step, round_progress, lr=1.0, schedule=tc.schedule, warmup_steps=tc.warmup_steps,
                            min_lr_ratio=tc.min_lr_ratio, decay_fraction=tc.decay_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
-            lr = tc.lr * factor
+            lr = peak_lr * factor
             loss_sum = torch.zeros((), device=device)
-            for micro in range(tc.grad_accum):
-                x, y = data.batch(tc.batch_size, seq_len, tc.seed, step * tc.grad_accum + micro)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            for x, y in micro_batches(rounds.source_step(step)):
                 with autocast:
                     loss = train_model(x, y) / tc.grad_accum
                 loss.backward()
@@ -223,8 +240,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
                 window_tokens, window_start = 0, now
                 if not math.isfinite(loss_value):
                     raise TinyLMError(f"training diverged at step {step} (loss {loss_value}); lower train.lr")
-                log({"step": step, "loss": loss_value, "lr": lr, "tokens": tokens,
-                     "seconds": round(seconds, 3), "tokens_per_s": round(rate, 1)})
+                log({"step": step, "loss": loss_value, "lr": lr, "tokens": tokens, "seconds": round(seconds, 3),
+                     "tokens_per_s": round(rate, 1), **({"round": r.index} if (r := rounds.round_at(step - 1)) else {})})
                 bar.set_postfix(step=step, loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
             bar.update(min(progress_of(cfg, step, tokens, seconds), 1.0) - bar.n)
             if tc.eval_every and step % tc.eval_every == 0:

@@ -69,22 +69,42 @@ class MuonAdamW(torch.optim.Optimizer):
                     p.mul_(1 - lr * wd).addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1**t))
 
 
+def peak_lrs(cfg: Config) -> tuple[float, float]:
+    """(AdamW lr, Muon lr) after train.lr_scaling.
+
+    "sqrt" is PanGu-π Pro's rule lr = lr0 · (B / B0)^0.5 (§A.5), B the tokens per optimizer step and B0 =
+    train.lr_batch_tokens the batch lr0 was tuned at. For Adam it follows from keeping the update's noise
+    scale fixed (Malladi et al., 2022, the square-root scaling rule). Muon's update has a fixed spectral
+    norm, so no such derivation covers it; the same factor is applied to muon_lr as an assumption that
+    the batch-size sweep in BENCHMARKS.md tests."""
+    tc = cfg.train
+    if tc.lr_scaling == "none":
+        return tc.lr, tc.muon_lr
+    if tc.lr_scaling != "sqrt":
+        raise TinyLMError(f"train.lr_scaling='{tc.lr_scaling}' is not one of none, sqrt")
+    if tc.lr_batch_tokens <= 0:
+        raise TinyLMError(f"train.lr_batch_tokens={tc.lr_batch_tokens} must be positive with train.lr_scaling=sqrt")
+    factor = (tc.batch_size * tc.grad_accum * cfg.model.max_seq_len / tc.lr_batch_tokens) ** 0.5
+    return tc.lr * factor, tc.muon_lr * factor
+
+
 def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
     tc = cfg.train
+    lr, muon_lr = peak_lrs(cfg)
     # norm gains never decay: pulling a gain toward 0 only fights the normalisation
     gains = [p for p in model.parameters() if p.dim() < 2]
     if tc.optimizer == "adamw":
         matrices = [p for p in model.parameters() if p.dim() >= 2]
-        groups = [{"params": matrices, "weight_decay": tc.weight_decay, "base_lr": tc.lr},
-                  {"params": gains, "weight_decay": 0.0, "base_lr": tc.lr}]
+        groups = [{"params": matrices, "weight_decay": tc.weight_decay, "base_lr": lr},
+                  {"params": gains, "weight_decay": 0.0, "base_lr": lr}]
         fused = device.type in ("cuda", "cpu")
-        return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=fused)
+        return torch.optim.AdamW(groups, lr=lr, betas=(tc.beta1, tc.beta2), fused=fused)
     if tc.optimizer == "muon":
         hidden = [p for name, p in model.named_parameters() if p.dim() >= 2 and name.startswith("layers.")]
         edges = [p for name, p in model.named_parameters() if p.dim() >= 2 and not name.startswith("layers.")]
         # no decay on Muon's matrices: its updates have a fixed size, so weights grow only slowly
-        groups = [{"params": hidden, "use_muon": True, "lr": tc.muon_lr, "base_lr": tc.muon_lr},
-                  {"params": edges, "lr": tc.lr, "base_lr": tc.lr, "weight_decay": tc.weight_decay},
-                  {"params": gains, "lr": tc.lr, "base_lr": tc.lr, "weight_decay": 0.0}]
+        groups = [{"params": hidden, "use_muon": True, "lr": muon_lr, "base_lr": muon_lr},
+                  {"params": edges, "lr": lr, "base_lr": lr, "weight_decay": tc.weight_decay},
+                  {"params": gains, "lr": lr, "base_lr": lr, "weight_decay": 0.0}]
         return MuonAdamW(groups, betas=(tc.beta1, tc.beta2), momentum=tc.muon_momentum)
     raise TinyLMError(f"train.optimizer='{tc.optimizer}' is not one of adamw, muon")

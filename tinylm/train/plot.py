@@ -20,6 +20,10 @@ def plot_metrics(metrics_file: Path, out: Path) -> None:
         ax.plot(*zip(*train), lw=1, alpha=0.8, label="train loss")
     if val:
         ax.plot(*zip(*val), "o-", ms=4, label="validation loss")
+    rounds = [r for r in records if "round" in r]
+    starts = [r["tokens"] for prev, r in zip(rounds, rounds[1:]) if r["round"] != prev["round"]]
+    for i, x in enumerate(starts):  # multiple-round training: where each later round began (roughly, at log steps)
+        ax.axvline(x, color="grey", ls="--", lw=0.8, label="next round" if i == 0 else None)
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)

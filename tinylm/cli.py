@@ -85,10 +85,9 @@ def _init_base(init: str) -> dict:
 
 
 def cmd_inherit(a: argparse.Namespace) -> None:
-    from tinylm.inherit import ChildShape, inherit
+    from tinylm.inherit import inherit
 
-    shape = ChildShape(a.n_layer, a.d_model, a.n_heads, a.n_kv_heads, a.ffn_hidden, a.max_seq_len)
-    r = inherit(a.parent, a.out, shape, tokenizer=a.tokenizer, depth=a.depth, width=a.width, calib=a.calib,
+    r = inherit(a.parent, a.out, _child_shape(a), tokenizer=a.tokenizer, depth=a.depth, width=a.width, calib=a.calib,
                 calib_tokens=a.calib_tokens, mask_steps=a.mask_steps, seed=a.seed, overwrite=a.overwrite)
     c, p = r["child_config"], r["params"]
     print(f"child: {c['n_layer']} layers x {c['d_model']} wide, {c['n_heads']} heads / {c['n_kv_heads']} kv, "
@@ -96,6 +95,40 @@ def cmd_inherit(a: argparse.Namespace) -> None:
           f"({p['non_embedding'] / 1e6:.2f}M non-embedding)")
     print(f"layers kept ({r['depth']}): {r['layers']}; width by: {r['width']}; took {r['seconds']:.0f} s")
     print(f"wrote {a.out}; train it with: tinylm train --init {a.out} --out RUN_DIR")
+
+
+def _child_shape(a: argparse.Namespace):
+    """The child's shape: the --shape recipe's model section, with explicit --n-layer etc. over it."""
+    from tinylm.inherit import ChildShape
+
+    shape = ChildShape()
+    if a.shape:
+        from tinylm.arch import read_shape
+        from tinylm.model import resolved_ffn_hidden
+
+        m = read_shape(a.shape)
+        shape = ChildShape(m.n_layer, m.d_model, m.n_heads, m.n_kv_heads, resolved_ffn_hidden(m), m.max_seq_len)
+    for name in ("n_layer", "d_model", "n_heads", "n_kv_heads", "ffn_hidden", "max_seq_len"):
+        if getattr(a, name) is not None:
+            setattr(shape, name, getattr(a, name))
+    return shape
+
+
+def cmd_arch_sweep(a: argparse.Namespace) -> None:
+    from tinylm.arch import parse_count
+    from tinylm.arch.sweep import parse_latency, sweep
+
+    r = sweep(a.out, parse_count(a.params), a.vocab, tokenizer=a.tokenizer, data=a.data, max_seq_len=a.max_seq_len,
+              device=a.device, max_shapes=a.max_shapes, proxy_seconds=a.proxy_seconds, proxy_top=a.proxy_top,
+              latency_budget_ms=parse_latency(a.latency_budget) if a.latency_budget else None,
+              overwrite=a.overwrite)
+    best = r.recommended
+    earlier = f" ({r.skipped} of them by an earlier run)" if r.skipped else ""
+    print(f"measured {len(r.rows)} of the {r.enumerated:,} shapes within 5% of the budget{earlier}")
+    print(f"recommended: {best['shape']}, {best['params'] / 1e6:.2f}M parameters, {best['decode_ms']:.2f} ms/token; "
+          f"{r.reason}")
+    print(f"wrote {a.out}/sweep.csv, sweep.md, pareto.png and recommended.yaml; use it with: "
+          f"tinylm train {a.out}/recommended.yaml, or tinylm inherit --shape {a.out}/recommended.yaml ...")
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
@@ -330,7 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--n-kv-heads", "key/value heads (GQA groups are kept whole)"),
                        ("--ffn-hidden", "FFN hidden size")):
         p.add_argument(flag, type=int, default=None, help=f"child's {what}")
-    p.add_argument("--max-seq-len", type=int, default=512, help="child's context length (at most the parent's)")
+    p.add_argument("--shape", metavar="RECIPE", help="take the child's shape from a recipe's model section, such as "
+                   "the recommended.yaml of `tinylm arch sweep`; the flags above override it")
+    p.add_argument("--max-seq-len", type=int, default=None,
+                   help="child's context length, at most the parent's (default: the --shape recipe's, else 512)")
     p.add_argument("--depth", default="first-last", choices=["first-last", "uniform", "block-influence", "loss"],
                    help="which layers to keep: the first and last ones, evenly spaced ones, those with the highest "
                         "block influence (1 - cos(in, out)), or those whose removal raises the loss most")
@@ -344,6 +380,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.set_defaults(func=cmd_inherit)
+
+    arch = sub.add_parser("arch", help="architecture search: which shape to train at a parameter budget")
+    arch = arch.add_subparsers(dest="arch_command", required=True)
+    p = arch.add_parser("sweep", help="measure shapes at a parameter budget on this device and recommend one",
+                        description="PanGu-pi Pro's architecture tweak on your device: enumerate Llama-style shapes "
+                                    "within 5% of --params (2-48 layers, head size 64, or 32 below width 256, whole "
+                                    "GQA groups, FFN 2x-4x, tied or not), measure a spread of them over depth (decode "
+                                    "ms/token at batch 1 with the KV cache, prefill tokens/s, memory), optionally "
+                                    "train the promising ones for --proxy-seconds each, and recommend one: among "
+                                    "shapes within --latency-budget, the best validation bits/byte when "
+                                    "proxy-trained, else the deepest. Writes sweep.csv, sweep.md, pareto.png, "
+                                    "recommended.yaml and sweep.json into --out; re-running the same command "
+                                    "continues an interrupted sweep.",
+                        epilog="examples:\n  tinylm arch sweep --params 20M --vocab 8192 --out sweeps/20m\n"
+                               "  tinylm arch sweep --params 20M --latency-budget 5ms --proxy-seconds 60 "
+                               "--out sweeps/20m-proxy\n"
+                               "  tinylm train sweeps/20m/recommended.yaml data.vocab_size=8192 --out runs/20m",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--params", required=True, metavar="N", help="parameter budget: 20M, 1.5B, 500k or an integer")
+    p.add_argument("--vocab", type=int, default=None, metavar="V",
+                   help="vocabulary size the shapes are counted with (default 8192; with --tokenizer, its size)")
+    p.add_argument("--latency-budget", metavar="MS", help="decode latency the recommendation must meet, e.g. 10ms "
+                                                          "(default: none)")
+    p.add_argument("--proxy-seconds", type=float, default=0.0, metavar="S",
+                   help="train the promising shapes for S seconds each and compare validation bits/byte (default: "
+                        "no training; the recommendation is then the deepest shape)")
+    p.add_argument("--proxy-top", type=int, default=2, metavar="K",
+                   help="shapes trained per depth band (shallow, middle, deep third): the K nearest the budget")
+    p.add_argument("--data", default="", help="corpus for proxy training: a text file, folder, .jsonl, .parquet or "
+                                              "prepared folder (default: the built-in corpus)")
+    p.add_argument("--tokenizer", default="bpe", metavar="TOKENIZER",
+                   help="for proxy training: bpe (trained on the corpus with --vocab tokens; default), byte, or a "
+                        "tokenizer.json")
+    p.add_argument("--max-seq-len", type=int, default=256, help="context length of every shape (default 256)")
+    p.add_argument("--device", default="cpu", help="where to measure and train: cpu, cuda, cuda:N or mps")
+    p.add_argument("--max-shapes", type=int, default=24, metavar="N",
+                   help="measure at most N shapes, spread over depth (0: every shape; default 24)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--overwrite", action="store_true", help="start over in a DIR holding a sweep made with other "
+                                                            "arguments")
+    p.set_defaults(func=cmd_arch_sweep)
 
     p = sub.add_parser("export", help="write a run as a Hugging Face folder, a GGUF file or an ONNX graph",
                        description="Write a run's model for other runtimes:\n"

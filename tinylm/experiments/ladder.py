@@ -332,8 +332,8 @@ def plot(report: dict, out: Path) -> None:
         values = [scale * r[key] for r in rungs]
         errors = [scale * r[spread] / 2 for r in rungs]
         ax.barh(y, values, xerr=errors, color=["#9aa5b1"] + ["#3b7dd8"] * (len(rungs) - 1), capsize=3)
-        for yi, v in zip(y, values):
-            ax.text(v, yi, f" {v:.3f}" if scale == 1 else f" {v:.1f}", va="center", fontsize=8)
+        for yi, v, e in zip(y, values, errors):  # the value just past the whisker
+            ax.text(v + e, yi, f"  {v:.3f}" if scale == 1 else f"  {v:.1f}", va="center", fontsize=8)
         low, high = min(values), max(values)
         ax.set_xlim(low - 0.15 * (high - low + 1e-9) - (0.02 if scale == 1 else 1),
                     high + 0.3 * (high - low + 1e-9) + (0.02 if scale == 1 else 1))

@@ -315,33 +315,37 @@ def markdown(report: dict) -> str:
 
 def plot(report: dict, out: Path) -> None:
     """Horizontal bars like the paper's ladder figure: one bar per rung, baseline on top."""
+    plot_bars(report["rungs"], out, "tinylm ladder (PanGu-π Pro's ablation at tiny scale)", label="rung")
+
+
+def plot_bars(rungs: list[dict], out: Path, title: str, label: str) -> None:
+    """One bar per row (the first grey, as the reference), bits per byte and, when scored, zero-shot accuracy;
+    whiskers span the seeds. Rows are dicts with `label`, val_bpb(_spread) and zero_shot_avg(_spread) keys."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rungs = report["rungs"]
     panels = [("val_bpb", "val_bpb_spread", "validation bits per byte (lower is better)", 1.0)]
-    if "zero_shot_avg" in rungs[0]:
+    if any("zero_shot_avg" in r for r in rungs):  # rows without zero-shot scores get no bar there
         panels.append(("zero_shot_avg", "zero_shot_spread", "zero-shot average accuracy, % (higher is better)", 100.0))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 0.6 * len(rungs) + 1.6), dpi=110,
                              squeeze=False)
-    labels = [r["rung"] for r in rungs]
-    y = list(range(len(rungs)))[::-1]
-    for ax, (key, spread, title, scale) in zip(axes[0], panels):
-        values = [scale * r[key] for r in rungs]
-        errors = [scale * r[spread] / 2 for r in rungs]
-        ax.barh(y, values, xerr=errors, color=["#9aa5b1"] + ["#3b7dd8"] * (len(rungs) - 1), capsize=3)
+    labels = [r[label] for r in rungs]
+    for ax, (key, spread, panel_title, scale) in zip(axes[0], panels):
+        scored = [(len(rungs) - 1 - i, scale * r[key], scale * r[spread] / 2, i == 0)
+                  for i, r in enumerate(rungs) if key in r]
+        y, values, errors, first = zip(*scored)
+        ax.barh(y, values, xerr=errors, color=["#9aa5b1" if f else "#3b7dd8" for f in first], capsize=3)
         for yi, v, e in zip(y, values, errors):  # the value just past the whisker
             ax.text(v + e, yi, f"  {v:.3f}" if scale == 1 else f"  {v:.1f}", va="center", fontsize=8)
         low, high = min(values), max(values)
         ax.set_xlim(low - 0.15 * (high - low + 1e-9) - (0.02 if scale == 1 else 1),
                     high + 0.3 * (high - low + 1e-9) + (0.02 if scale == 1 else 1))
-        ax.set_yticks(y, labels)
-        ax.set_title(title, fontsize=9)
+        ax.set_yticks(list(range(len(rungs)))[::-1], labels)
+        ax.set_title(panel_title, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("tinylm ladder (PanGu-π Pro's ablation at tiny scale); bars: mean over seeds, whiskers: spread",
-                 fontsize=9)
+    fig.suptitle(f"{title}; bars: mean over seeds, whiskers: spread", fontsize=9)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)

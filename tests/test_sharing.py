@@ -15,6 +15,9 @@ from tinylm.inherit import ChildShape, child_config
 from tinylm.model import KVCache, Transformer
 from tinylm.model.llama import parameter_names, resolved_ffn_hidden, unshare
 from tinylm.tokenizer import byte_tokenizer
+from tinylm.train import train
+
+from test_dropout import byte_data, tiny_config  # the same tiny byte-level training setup
 
 SHARED = [dict(ffn_sharing="all"), dict(ffn_sharing="interior"), dict(ffn_sharing="interior", ffn_adapter_rank=4),
           dict(block_repeat=2), dict(stack_repeat=2), dict(ffn_sharing="all", block_repeat=2, stack_repeat=2),
@@ -149,6 +152,33 @@ def test_hf_export_of_a_shared_model_is_unrolled_and_reproduces_logits(tmp_path)
         torch.testing.assert_close(hf(x).logits, logits(model, x), atol=1e-4, rtol=1e-4)
 
 
+def test_gguf_export_of_a_shared_model_is_unrolled_and_reads_back_with_the_same_logits(tmp_path):
+    pytest.importorskip("gguf")
+    from tinylm.formats import load_model
+
+    cfg = Config(model=config(ffn_sharing="all", block_repeat=2))
+    model = randomised(cfg.model)
+    save_checkpoint(tmp_path / "run", model, cfg, byte_tokenizer())
+    export(tmp_path / "run", "gguf", tmp_path / "m.gguf")
+    loaded = load_model(tmp_path / "m.gguf").model.eval()
+    assert loaded.cfg.n_layer == 8
+    x = torch.randint(0, 257, (1, 20))
+    torch.testing.assert_close(logits(loaded, x), logits(model, x), atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_export_keeps_adapters_and_repeated_blocks(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    cfg = Config(model=config(ffn_sharing="interior", ffn_adapter_rank=2, block_repeat=2))
+    model = randomised(cfg.model)
+    save_checkpoint(tmp_path / "run", model, cfg, byte_tokenizer())
+    export(tmp_path / "run", "onnx", tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randint(0, 257, (2, 12))
+    (theirs,) = session.run(None, {"input_ids": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(theirs), logits(model, x), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("fmt", ["hf", "gguf"])
 def test_export_of_ffn_adapters_to_a_llama_format_is_refused(tmp_path, fmt):
     cfg = Config(model=config(ffn_sharing="all", ffn_adapter_rank=2))
@@ -156,6 +186,16 @@ def test_export_of_ffn_adapters_to_a_llama_format_is_refused(tmp_path, fmt):
     with pytest.raises(TinyLMError, match=f"--format {fmt} cannot hold this model: model.ffn_adapter_rank=2"):
         export(tmp_path / "run", fmt, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_shared_model_trains_and_its_checkpoint_reloads(tmp_path, text_file, optimizer):
+    cfg = tiny_config("model.ffn_sharing=all", "model.ffn_adapter_rank=2", "model.block_repeat=2",
+                      "train.max_steps=4", f"train.optimizer={optimizer}")
+    result = train(cfg, byte_data(text_file.read_text()), byte_tokenizer(), tmp_path, progress=False)
+    assert result.params["total"] == param_count(cfg.model)
+    trained = load_checkpoint(tmp_path).model
+    assert trained.layers[0] is trained.layers[1] and trained.layers[0].ffn.shared is trained.layers[2].ffn.shared
 
 
 def test_inherit_refuses_a_shared_parent():

@@ -67,6 +67,13 @@ def test_an_unknown_schedule_is_refused_before_training(tmp_path, data):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
+def test_a_changing_p_under_torch_compile_is_refused(data):
+    # torch.compile guards on each dropout p, so a new p every step would recompile until it gives up
+    with pytest.raises(TinyLMError, match="set train.compile=false"):
+        train(tiny_config("model.dropout=0.1", "train.dropout_schedule=early", "train.compile=true"), data,
+              byte_tokenizer(), progress=False)
+
+
 def test_set_dropout_reaches_the_embedding_residual_and_attention_sites(monkeypatch):
     model = Transformer(ModelConfig(vocab_size=97, n_layer=3, d_model=32, n_heads=2, n_kv_heads=1, max_seq_len=16,
                                     block_repeat=2)).train()

@@ -133,6 +133,9 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
         raise TinyLMError("set a stop condition: train.max_steps, train.max_tokens or train.max_seconds")
     if tc.dropout_schedule not in DROPOUT_SCHEDULES:
         raise TinyLMError(f"train.dropout_schedule='{tc.dropout_schedule}' is not one of {', '.join(DROPOUT_SCHEDULES)}")
+    if tc.compile and tc.dropout_schedule != "constant" and cfg.model.dropout:  # torch.compile guards on p
+        raise TinyLMError("train.compile recompiles the model whenever dropout changes, which "
+                          f"train.dropout_schedule={tc.dropout_schedule} does every step; set train.compile=false")
     device = resolve_device(tc.device)
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = tokenizer.vocab_size

@@ -81,6 +81,11 @@ def test_block_repeat_runs_each_block_in_place_and_stack_repeat_cycles_the_stack
     assert first_uses(Transformer(config(n_layer=2, stack_repeat=2))) == [0, 1, 0, 1]
 
 
+def test_residual_projections_are_scaled_by_the_unrolled_depth():
+    model = Transformer(config(n_layer=2, d_model=256, n_heads=4, init_std=0.02, block_repeat=2, stack_repeat=2))
+    assert model.layers[0].attn.wo.weight.std().item() == pytest.approx(0.02 / 4, rel=0.05)  # 1/sqrt(2 * 8)
+
+
 def test_ffn_sharing_hands_blocks_one_ffn():
     interior = Transformer(config(ffn_sharing="interior"))
     ffns = [block.ffn for block in interior.layers]

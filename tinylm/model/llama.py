@@ -2,9 +2,9 @@
 
 Init scheme: every Linear and the embedding ~ N(0, init_std); the two
 projections that write into the residual stream (attention `wo`, FFN `w2`)
-are scaled by 1/sqrt(2 * n_layer) so the residual variance does not grow with
-depth (GPT-2, section 2.3). Norm gains start at 1. No biases, except optional
-q/k/v biases (Qwen2) that start at 0.
+are scaled by 1/sqrt(2 * depth), depth counting every block application, so the
+residual variance does not grow with depth (GPT-2, section 2.3). Norm gains
+start at 1. No biases, except optional q/k/v biases (Qwen2) that start at 0.
 
 Weight sharing (Super Tiny Language Models; MobileLLM) is a property of how the
 block list is built, so forward never changes: `n_layer` distinct blocks, each

@@ -33,6 +33,12 @@ class ModelConfig:
     rope_theta: float = 10000.0
     tie_embeddings: bool = True
     dropout: float = 0.0
+    # weight sharing (Super Tiny Language Models, MobileLLM)
+    ffn_sharing: str = "none"  # none | all: one FFN for every block | interior: all but ffn_sharing_keep at each end
+    ffn_sharing_keep: int = 1  # interior: blocks at each end of the stack that keep their own FFN
+    ffn_adapter_rank: int = 0  # >0: each FFN-sharing block adds its own rank-r path, zero at init (exact sharing)
+    block_repeat: int = 1  # each block runs this many times in a row (MobileLLM's immediate block-wise sharing)
+    stack_repeat: int = 1  # the stack of n_layer distinct blocks runs this many times over (MobileLLM's repeat-all-over)
     norm_eps: float = 1e-5
     init_std: float = 0.02
 
@@ -76,6 +82,11 @@ class TrainConfig:
     rounds: int = 1  # multiple-round training: rounds after the first retrain on batches drawn by loss
     refine_ratio: float = 0.5  # batches each later round draws, as a share of the first round's
     refine_temperature: float = 1.0  # tau in p_i = softmax(loss_i / tau) over the first round's batches
+    # dropout schedule (Super Tiny Language Models)
+    dropout_schedule: str = "constant"  # constant | early | late | triangle, shaping model.dropout (the peak) over training
+    dropout_until: float = 0.25  # early: share of training over which dropout ramps linearly from the peak to 0
+    dropout_from: float = 0.5  # late: share of training after which dropout is on (0 before)
+    dropout_cycles: int = 1  # triangle: rises 0 -> peak -> 0 this many times over training
     eval_every: int = 250
     eval_tokens: int = 65536  # validation tokens per periodic evaluation (0 = whole split)
     ckpt_every: int = 500

@@ -16,7 +16,7 @@ import yaml
 
 from tinylm.config import ModelConfig, load_config
 from tinylm.errors import TinyLMError
-from tinylm.model.llama import head_dim, resolved_ffn_hidden
+from tinylm.model.llama import ffn_owners, head_dim, resolved_ffn_hidden
 
 # The space searched. Head size 64 is the small-model norm (SmolLM2, MobileLLM); 32 only below width 256,
 # where 64 would leave fewer than 4 heads. FFN ratios span SwiGLU practice; PanGu-π Pro found the ratio
@@ -51,13 +51,16 @@ def embedding_params(cfg: ModelConfig) -> int:
 
 
 def param_count(cfg: ModelConfig) -> int:
-    """Every parameter of Transformer(cfg), counted from the shape alone."""
+    """Every parameter of Transformer(cfg), counted from the shape alone; a shared weight counts once, so
+    block_repeat and stack_repeat add none."""
     d, hd = cfg.d_model, head_dim(cfg)
     q, kv = cfg.n_heads * hd, cfg.n_kv_heads * hd
     attention = d * q + 2 * d * kv + q * d + (q + 2 * kv if cfg.qkv_bias else 0)
-    ffn = 3 * d * resolved_ffn_hidden(cfg)  # SwiGLU: gate, up, down
-    layer = attention + ffn + 2 * d  # two RMSNorm gains
-    return embedding_params(cfg) + cfg.n_layer * layer + d  # + the final norm
+    layer = attention + 2 * d  # two RMSNorm gains
+    owners = ffn_owners(cfg)
+    ffns = len(set(owners)) * 3 * d * resolved_ffn_hidden(cfg)  # SwiGLU: gate, up, down
+    adapters = sum(owners.count(o) > 1 for o in owners) * 2 * d * cfg.ffn_adapter_rank  # one per block sharing
+    return embedding_params(cfg) + cfg.n_layer * layer + ffns + adapters + d  # + the final norm
 
 
 def ffn_hidden_for(d_model: int, ratio: Fraction) -> int:

@@ -7,6 +7,11 @@
   gguf  OUT (a file)      llama.cpp's format, the tokenizer embedded in its metadata
   onnx  OUT (a file)      logits from input_ids, batch and sequence axes dynamic, tokenizer.json beside it
 
+A model with weight sharing goes to hf and gguf unrolled (each shared weight copied
+into every layer that applies it, since Llama has no notion of sharing); ONNX
+traces it as it is. FFN adapters have no place in a Llama layer: hf and gguf
+refuse them.
+
 Each is written to a hidden staging path next to OUT and moved into place only
 when complete, so a failed export leaves nothing half-written and an older
 output is replaced only with --overwrite. The run itself is never written to.
@@ -38,6 +43,7 @@ class Exported:
 def export(run: str | Path, fmt: str, out: str | Path, dtype: str = "f32", overwrite: bool = False) -> Exported:
     """Write the run's model in `fmt` to `out`."""
     from tinylm.checkpoint import CHECKPOINT, find_checkpoint, load_checkpoint
+    from tinylm.model.llama import is_shared, unshare
 
     if fmt not in DTYPES:
         raise TinyLMError(f"unknown export format '{fmt}'; choose one of {', '.join(DTYPES)}")
@@ -62,16 +68,22 @@ def export(run: str | Path, fmt: str, out: str | Path, dtype: str = "f32", overw
 
     ckpt = load_checkpoint(run)
     model, tokenizer = ckpt.model.eval(), ckpt.tokenizer
+    notes = []
+    if fmt != "onnx" and is_shared(model.cfg):
+        try:
+            model = unshare(model)
+        except ValueError as e:
+            raise TinyLMError(f"--format {fmt} cannot hold this model: {e}; export --format onnx, which keeps it")
+        notes.append(f"weight sharing unrolled: {model.cfg.n_layer} layers, each with its own copy of shared weights")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.export-tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    notes = []
     try:
         if fmt == "hf":
             from tinylm.export.hf import write_hf
 
-            notes = write_hf(model, tokenizer, staging, dtype)
+            notes += write_hf(model, tokenizer, staging, dtype)
         elif fmt == "gguf":
             from tinylm.export.gguf import write_gguf
 

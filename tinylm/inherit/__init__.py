@@ -34,7 +34,7 @@ from tinylm.inherit.importance import DEPTH_STRATEGIES, WIDTH_METRICS, Batches, 
 from tinylm.inherit.masks import learned_scores
 from tinylm.inherit.select import Selection, choose_width, slice_model
 from tinylm.model import resolved_ffn_hidden
-from tinylm.model.llama import head_dim
+from tinylm.model.llama import head_dim, is_shared
 from tinylm.tokenizer import FILENAME, Tokenizer
 
 REPORT = "inherit.json"
@@ -53,6 +53,9 @@ class ChildShape:
 
 def child_config(parent: ModelConfig, shape: ChildShape, vocab_size: int) -> ModelConfig:
     """The child's ModelConfig; TinyLMError if it is not a sub-shape of the parent."""
+    if is_shared(parent):
+        raise TinyLMError("tinylm inherit needs a parent without weight sharing (model.ffn_sharing, block_repeat, "
+                          "stack_repeat): its layers are not separate blocks to select and slice")
     n_heads = shape.n_heads or parent.n_heads
     n_kv = shape.n_kv_heads or min(parent.n_kv_heads, n_heads)
     child = dataclasses.replace(

@@ -2,13 +2,24 @@
 
 Init scheme: every Linear and the embedding ~ N(0, init_std); the two
 projections that write into the residual stream (attention `wo`, FFN `w2`)
-are scaled by 1/sqrt(2 * n_layer) so the residual variance does not grow with
-depth (GPT-2, section 2.3). Norm gains start at 1. No biases, except optional
-q/k/v biases (Qwen2) that start at 0.
+are scaled by 1/sqrt(2 * depth), depth counting every block application, so the
+residual variance does not grow with depth (GPT-2, section 2.3). Norm gains
+start at 1. No biases, except optional q/k/v biases (Qwen2) that start at 0.
+
+Weight sharing (Super Tiny Language Models; MobileLLM) is a property of how the
+block list is built, so forward never changes: `n_layer` distinct blocks, each
+run `block_repeat` times in a row, the whole stack `stack_repeat` times;
+`self.layers` lists every application, a repeated block appearing as the same
+module again. FFN sharing hands several blocks one SwiGLU (optionally wrapped
+with each block's own zero-initialised low-rank path). Shared tensors are
+counted once in param_counts (parameters() yields each once) and stored once by
+safetensors' save_model, while state_dict names every use, which is what lets
+`unshare` copy them into a plain model of the unrolled depth.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -28,6 +39,33 @@ def head_dim(cfg: ModelConfig) -> int:
     return cfg.head_dim or cfg.d_model // cfg.n_heads
 
 
+FFN_SHARING = ("none", "all", "interior")
+
+
+def depth(cfg: ModelConfig) -> int:
+    """Block applications in one forward pass (the unrolled depth)."""
+    return cfg.n_layer * cfg.block_repeat * cfg.stack_repeat
+
+
+def block_order(cfg: ModelConfig) -> list[int]:
+    """The distinct block each application runs, e.g. n_layer=2, block_repeat=2, stack_repeat=2: 0 0 1 1 0 0 1 1."""
+    return [b for _ in range(cfg.stack_repeat) for b in range(cfg.n_layer) for _ in range(cfg.block_repeat)]
+
+
+def ffn_owners(cfg: ModelConfig) -> list[int]:
+    """For each distinct block, the block whose FFN it uses: its own index unless it shares."""
+    n, keep = cfg.n_layer, cfg.ffn_sharing_keep
+    if cfg.ffn_sharing == "all":
+        return [0] * n
+    if cfg.ffn_sharing == "interior":
+        return [i if i < keep or i >= n - keep else keep for i in range(n)]
+    return list(range(n))
+
+
+def is_shared(cfg: ModelConfig) -> bool:
+    return cfg.ffn_sharing != "none" or cfg.block_repeat > 1 or cfg.stack_repeat > 1
+
+
 def check_shape(cfg: ModelConfig) -> None:
     """Raise ValueError on a shape the model cannot be built with."""
     if cfg.vocab_size <= 0:
@@ -39,6 +77,19 @@ def check_shape(cfg: ModelConfig) -> None:
         raise ValueError(f"model.n_heads={cfg.n_heads} is not divisible by model.n_kv_heads={cfg.n_kv_heads}")
     if head_dim(cfg) % 2:
         raise ValueError(f"the head dimension ({head_dim(cfg)}) must be even for RoPE")
+    if cfg.ffn_sharing not in FFN_SHARING:
+        raise ValueError(f"model.ffn_sharing='{cfg.ffn_sharing}' is not one of {', '.join(FFN_SHARING)}")
+    interior = cfg.n_layer - 2 * cfg.ffn_sharing_keep
+    if cfg.ffn_sharing == "interior" and (cfg.ffn_sharing_keep < 1 or interior < 2):
+        raise ValueError(f"model.ffn_sharing=interior with model.ffn_sharing_keep={cfg.ffn_sharing_keep} of "
+                         f"model.n_layer={cfg.n_layer} blocks leaves {max(interior, 0)} interior blocks to share one "
+                         "FFN; keep at least 1 at each end and 2 in between, or use model.ffn_sharing=all")
+    if cfg.ffn_adapter_rank < 0 or (cfg.ffn_adapter_rank and cfg.ffn_sharing == "none"):
+        raise ValueError(f"model.ffn_adapter_rank={cfg.ffn_adapter_rank}: an adapter is a rank >= 1 path beside a "
+                         "shared FFN; set model.ffn_sharing=all or interior, or the rank to 0")
+    for key in ("block_repeat", "stack_repeat"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"model.{key}={getattr(cfg, key)} must be at least 1 (1: every block runs once)")
 
 
 def parameter_names(cfg: ModelConfig) -> list[str]:
@@ -71,13 +122,14 @@ def apply_rope(x, cos, sin):
 
 
 class KVCache:
-    """Preallocated keys/values for incremental decoding, one pair per layer."""
+    """Preallocated keys/values for incremental decoding, one pair per block application: a repeated block
+    sees a different input each time it runs, so each run keeps its own keys and values."""
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype):
         hd = head_dim(cfg)
         shape = (batch, cfg.n_kv_heads, max_len, hd)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth(cfg))]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth(cfg))]
         self.max_len = max_len
 
 
@@ -125,18 +177,46 @@ class SwiGLU(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
+class AdaptedFFN(nn.Module):
+    """A shared FFN plus one block's own low-rank linear path (Super Tiny Language Models' FFN sharing with
+    adapters). The up projection starts at zero, so an untrained model computes exactly plain sharing."""
+
+    def __init__(self, shared: SwiGLU, cfg: ModelConfig):
+        super().__init__()
+        self.shared = shared
+        self.adapter_down = nn.Linear(cfg.d_model, cfg.ffn_adapter_rank, bias=False)
+        self.adapter_up = nn.Linear(cfg.ffn_adapter_rank, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.shared(x) + self.adapter_up(self.adapter_down(x))
+
+
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, ffn: nn.Module | None = None):
+        """`ffn`: an FFN shared with other blocks; None builds this block's own."""
         super().__init__()
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.ffn = SwiGLU(cfg)
+        self.ffn = ffn if ffn is not None else SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, cos, sin, cache=None, layer=0, start=0):
         x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, cache, layer, start))
         return x + self.drop(self.ffn(self.ffn_norm(x)))
+
+
+def distinct_blocks(cfg: ModelConfig) -> list[Block]:
+    """The n_layer blocks that own weights, FFNs shared as model.ffn_sharing says."""
+    owners = ffn_owners(cfg)
+    shared = {owner: SwiGLU(cfg) for owner in owners if owners.count(owner) > 1}
+
+    def ffn(i: int) -> nn.Module | None:
+        if owners[i] not in shared:
+            return None
+        return AdaptedFFN(shared[owners[i]], cfg) if cfg.ffn_adapter_rank else shared[owners[i]]
+
+    return [Block(cfg, ffn(i)) for i in range(cfg.n_layer)]
 
 
 class Transformer(nn.Module):
@@ -146,7 +226,8 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        blocks = distinct_blocks(cfg)
+        self.layers = nn.ModuleList(blocks[b] for b in block_order(cfg))  # every application, repeats included
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -163,8 +244,10 @@ class Transformer(nn.Module):
                 nn.init.zeros_(p)
             elif p.dim() == 1:
                 nn.init.ones_(p)
-            elif name.endswith(("wo.weight", "w2.weight")):
-                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layer))
+            elif name.endswith("adapter_up.weight"):
+                nn.init.zeros_(p)
+            elif name.endswith(("wo.weight", "w2.weight")):  # each application adds to the residual: unrolled depth
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * depth(self.cfg)))
             else:
                 nn.init.normal_(p, 0.0, std)
 
@@ -184,8 +267,8 @@ class Transformer(nn.Module):
         return self.forward_from(self.drop(self.embed(idx)), 0, targets, cache, start)
 
     def forward_from(self, x, first_layer: int, targets=None, cache: KVCache | None = None, start: int = 0):
-        """The rest of forward from layer `first_layer` on, given that layer's input x (B, T, d_model); a
-        `first_layer` past the last layer leaves only the final norm and head (for surgery that skips layers)."""
+        """The rest of forward from application `first_layer` on, given its input x (B, T, d_model); a
+        `first_layer` past the last one leaves only the final norm and head (for surgery that skips layers)."""
         T = x.size(1)
         cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
         for i in range(first_layer, len(self.layers)):
@@ -204,8 +287,27 @@ class Transformer(nn.Module):
         return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token: 6 * (matmul params) + attention scores (PaLM appendix B)."""
-        matmul = self.param_counts()["non_embedding"] - sum(
-            p.numel() for p in self.parameters() if p.dim() == 1) + self.lm_head.weight.numel()
-        attn = 6 * self.cfg.n_layer * self.cfg.d_model * seq_len  # QK^T and AV, forward + backward, causal halves
+        """Training FLOPs per token: 6 * (matmul params) + attention scores (PaLM appendix B). A shared
+        weight costs FLOPs every time it is applied, so matrices are summed over every block application."""
+        matmul = sum(p.numel() for layer in self.layers for p in layer.parameters() if p.dim() > 1)
+        matmul += self.lm_head.weight.numel()
+        attn = 6 * len(self.layers) * self.cfg.d_model * seq_len  # QK^T and AV, forward + backward, causal halves
         return 6 * matmul + attn
+
+
+def unshared_config(cfg: ModelConfig) -> ModelConfig:
+    """The plain config of the unrolled model: one block per application, each with its own copy of the weights
+    it shares. ValueError for FFN adapters, which a plain block has no place for."""
+    if cfg.ffn_adapter_rank:
+        raise ValueError(f"model.ffn_adapter_rank={cfg.ffn_adapter_rank}: a plain Llama block has no low-rank path "
+                         "beside its FFN, so the model cannot be unrolled into one")
+    return dataclasses.replace(cfg, n_layer=depth(cfg), ffn_sharing="none", ffn_sharing_keep=1, block_repeat=1,
+                               stack_repeat=1)
+
+
+def unshare(model: Transformer) -> Transformer:
+    """A plain model computing the same logits, every shared weight copied into each block that applies it
+    (for formats that have no notion of sharing). ValueError as unshared_config."""
+    plain = Transformer(unshared_config(model.cfg)).to(model.embed.weight.device, model.embed.weight.dtype)
+    plain.load_state_dict(model.state_dict())  # state_dict names a shared tensor under every block that uses it
+    return plain.train(model.training)

@@ -5,6 +5,6 @@ tinylm.checkpoint. Must not import evaluation or export.
 """
 
 from tinylm.train.loop import StepInfo, TrainResult, train
-from tinylm.train.schedule import lr_at
+from tinylm.train.schedule import dropout_at, lr_at
 
-__all__ = ["StepInfo", "TrainResult", "lr_at", "train"]
+__all__ = ["StepInfo", "TrainResult", "dropout_at", "lr_at", "train"]

@@ -31,7 +31,7 @@ from tinylm.train.optim import build_optimizer, peak_lrs
 from tinylm.train.perf import peak_flops
 from tinylm.train.plot import plot_metrics
 from tinylm.train.rounds import ROUNDS_DIR, RoundSchedule, score_batches
-from tinylm.train.schedule import lr_at
+from tinylm.train.schedule import DROPOUT_SCHEDULES, dropout_at, lr_at
 
 
 @dataclass
@@ -131,6 +131,11 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     tc = cfg.train
     if not (tc.max_steps or tc.max_tokens or tc.max_seconds):
         raise TinyLMError("set a stop condition: train.max_steps, train.max_tokens or train.max_seconds")
+    if tc.dropout_schedule not in DROPOUT_SCHEDULES:
+        raise TinyLMError(f"train.dropout_schedule='{tc.dropout_schedule}' is not one of {', '.join(DROPOUT_SCHEDULES)}")
+    if tc.compile and tc.dropout_schedule != "constant" and cfg.model.dropout:  # torch.compile guards on p
+        raise TinyLMError("train.compile recompiles the model whenever dropout changes, which "
+                          f"train.dropout_schedule={tc.dropout_schedule} does every step; set train.compile=false")
     device = resolve_device(tc.device)
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = tokenizer.vocab_size
@@ -218,6 +223,10 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
             lr = peak_lr * factor
+            # a function of progress alone, so a resumed run sets exactly the p the uninterrupted one did
+            dropout = dropout_at(p, peak=cfg.model.dropout, schedule=tc.dropout_schedule, until=tc.dropout_until,
+                                 start=tc.dropout_from, cycles=tc.dropout_cycles)
+            model.set_dropout(dropout)
             loss_sum = torch.zeros((), device=device)
             for x, y in micro_batches(rounds.source_step(step)):
                 with autocast:
@@ -240,8 +249,9 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
                 window_tokens, window_start = 0, now
                 if not math.isfinite(loss_value):
                     raise TinyLMError(f"training diverged at step {step} (loss {loss_value}); lower train.lr")
-                log({"step": step, "loss": loss_value, "lr": lr, "tokens": tokens, "seconds": round(seconds, 3),
-                     "tokens_per_s": round(rate, 1), **({"round": r.index} if (r := rounds.round_at(step - 1)) else {})})
+                log({"step": step, "loss": loss_value, "lr": lr, "dropout": dropout, "tokens": tokens,
+                     "seconds": round(seconds, 3), "tokens_per_s": round(rate, 1),
+                     **({"round": r.index} if (r := rounds.round_at(step - 1)) else {})})
                 bar.set_postfix(step=step, loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
             bar.update(min(progress_of(cfg, step, tokens, seconds), 1.0) - bar.n)
             if tc.eval_every and step % tc.eval_every == 0:

@@ -25,7 +25,7 @@ PRESETS = sorted(recipe for recipe in RECIPES.glob("*.yaml") if _stated_params(r
 def test_the_shape_presets_are_there():
     names = {recipe.stem for recipe in PRESETS}
     assert {"pangu-pi-1b-baseline", "pangu-pi-1b-pro", "pangu-pi-1.5b-pro", "smollm2-135m", "mobilellm-125m",
-            "tiny-10m", "tiny-20m", "tiny-50m"} <= names
+            "tiny-10m", "tiny-20m", "tiny-50m", "stlm-50m-baseline", "stlm-10m", "stlm-50m", "stlm-100m"} <= names
 
 
 @pytest.mark.parametrize("recipe", PRESETS, ids=lambda recipe: recipe.stem)

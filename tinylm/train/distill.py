@@ -41,7 +41,7 @@ import torch
 from tinylm.errors import TinyLMError
 from tinylm.formats import load_model
 from tinylm.tokenizer import Tokenizer
-from tinylm.tokenizer.compact import ID_MAP, load_parent, merge_parents
+from tinylm.tokenizer.compact import ID_MAP, merge_parents
 
 MANIFEST = "manifest.json"
 
@@ -65,7 +65,7 @@ class Teacher:
         self.vocab_size = loaded.tokenizer.vocab_size  # real tokens; the model may have padded rows
         self.student_vocab_size = student.vocab_size
         self.temperature = temperature
-        inputs, projection = vocabulary_map(loaded.tokenizer, loaded.path, student, id_map_file)
+        inputs, projection = vocabulary_map(loaded.tokenizer, student, id_map_file)
         self.inputs = None if inputs is None else inputs.to(device)
         self.projection = None if projection is None else projection.to(device)
 
@@ -91,7 +91,7 @@ def find_id_map(tokenizer_path: str) -> Path | None:
     return next((f for f in (folder / ID_MAP, folder.parent / ID_MAP) if f.is_file()), None)
 
 
-def vocabulary_map(teacher: Tokenizer, teacher_path: Path, student: Tokenizer, id_map_file: Path | None
+def vocabulary_map(teacher: Tokenizer, student: Tokenizer, id_map_file: Path | None
                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(student id -> teacher id, teacher id -> student id of first(·)); both None when the tokenizers are one."""
     if teacher.hf.get_vocab(with_added_tokens=True) == student.hf.get_vocab(with_added_tokens=True):
@@ -111,13 +111,13 @@ def vocabulary_map(teacher: Tokenizer, teacher_path: Path, student: Tokenizer, i
         raise TinyLMError(f"'{id_map_file}' does not map the student's tokenizer into the teacher's; distill into a "
                           "student whose tokenizer was compacted from the teacher's (`tinylm tokenizer compact "
                           "--parent TEACHER`)")
-    return torch.tensor(id_map), first_kept(teacher, teacher_path, student, id_map)
+    return torch.tensor(id_map), first_kept(teacher, student, id_map)
 
 
-def first_kept(teacher: Tokenizer, teacher_path: Path, student: Tokenizer, id_map: list[int]) -> torch.Tensor:
+def first_kept(teacher: Tokenizer, student: Tokenizer, id_map: list[int]) -> torch.Tensor:
     """Teacher id -> student id of the first kept token of its decomposition (its own when it is kept)."""
     new_id = {t: s for s, t in enumerate(id_map)}
-    parts = merge_parents(load_parent(teacher_path))
+    parts = merge_parents(json.loads(teacher.hf.to_str()))
     projection = []
     for token in range(teacher.vocab_size):
         first = token

@@ -179,6 +179,17 @@ def test_a_dropped_tokens_mass_goes_to_the_first_token_of_its_decomposition(teac
     assert sum(starts) >= 0.95 * len(dropped)
 
 
+def test_a_child_inherited_with_a_compact_tokenizer_carries_the_id_map_distillation_reads(teacher_run, compact_tok,
+                                                                                           tmp_path):
+    from tinylm.inherit import ChildShape, inherit
+
+    inherit(teacher_run, tmp_path / "child", ChildShape(max_seq_len=32), tokenizer=compact_tok, progress=False)
+    # `tinylm train --init child` reads the child's checkpoint/tokenizer.json
+    found = find_id_map(str(tmp_path / "child/checkpoint/tokenizer.json"))
+    assert found == tmp_path / "child/id_map.json"
+    assert found.read_text() == (compact_tok / "id_map.json").read_text()
+
+
 def test_the_same_tokenizer_needs_no_projection(teacher_run):
     teacher = Teacher(teacher_run, Tokenizer.load(teacher_run / "checkpoint"), None, 2.0, 32, torch.device("cpu"))
     assert teacher.inputs is None and teacher.projection is None

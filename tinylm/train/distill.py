@@ -34,6 +34,7 @@ import json
 import os
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -137,10 +138,10 @@ def first_kept(teacher: Tokenizer, student: Tokenizer, id_map: list[int]) -> tor
 class SampledTargets:
     """Targets from DIR/batch_<index>.npz: K draws per position from p̂, drawn on the first miss."""
 
-    def __init__(self, directory: str | Path, make_teacher, settings: dict, samples: int, temperature: float,
-                 seed: int, vocab_size: int):
+    def __init__(self, directory: str | Path, make_teacher: Callable[[], Teacher], settings: dict, samples: int,
+                 temperature: float, seed: int, vocab_size: int):
         self.directory, self.make_teacher, self.teacher = Path(directory), make_teacher, None
-        self.samples, self.temperature, self.seed, self.vocab_size = samples, temperature, seed, vocab_size
+        self.samples, self.seed, self.vocab_size = samples, seed, vocab_size
         manifest = {**settings, "temperature": temperature, "samples": samples, "seed": seed}
         self.directory.mkdir(parents=True, exist_ok=True)
         file = self.directory / MANIFEST
@@ -153,7 +154,6 @@ class SampledTargets:
                                   "use another folder")
         else:
             file.write_text(json.dumps(manifest, indent=1) + "\n")
-        self.misses = 0  # batches this run drew (and so ran the teacher on)
 
     def targets(self, x: torch.Tensor, index: int) -> torch.Tensor:
         file = self.directory / f"batch_{index:09d}.npz"
@@ -177,10 +177,10 @@ class SampledTargets:
     def _draw(self, x: torch.Tensor, index: int) -> torch.Tensor:
         if self.teacher is None:
             self.teacher = self.make_teacher()
-        self.misses += 1
         probs = self.teacher.targets(x, index)
         # seeded by (seed, batch index), not the global RNG: any run that draws this batch draws the same
-        generator = torch.Generator(x.device).manual_seed(int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0]))
+        seed = int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
+        generator = torch.Generator(x.device).manual_seed(seed)
         draws = torch.multinomial(probs.flatten(0, 1), self.samples, replacement=True, generator=generator)
         return draws.view(*probs.shape[:-1], self.samples)
 

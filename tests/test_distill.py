@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinylm.checkpoint import save_checkpoint
+from tinylm.checkpoint import load_checkpoint, save_checkpoint
 from tinylm.config import Config, ModelConfig, load_config
 from tinylm.data.tokens import TokenData
 from tinylm.errors import TinyLMError
@@ -20,7 +20,7 @@ from tinylm.model import Transformer
 from tinylm.tokenizer import Tokenizer, byte_tokenizer, train_bpe
 from tinylm.train import StepInfo, train
 from tinylm.train.distill import Teacher, find_id_map
-from tinylm.train.objectives import distillation_loss, kl_divergence
+from tinylm.train.objectives import Batch, distillation, distillation_loss, kl_divergence
 
 WORDS = ("the king said unto his people that they should go forth and gather bread and wine for the feast of the "
          "morning while the queen looked upon the city walls and spake of love and war and gold").split()
@@ -42,7 +42,7 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory, corpus) -> Path:
-    """A tinylm run with a 400-token BPE: a random model with spread-out logits, so its targets are not uniform."""
+    """A tinylm run with a small BPE (383 tokens): a random model with spread-out logits, so its targets are not uniform."""
     tokenizer = train_bpe(iter([corpus.read_text()]), 400)
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=2, d_model=32, n_heads=2, n_kv_heads=1,
@@ -179,6 +179,16 @@ def test_a_dropped_tokens_mass_goes_to_the_first_token_of_its_decomposition(teac
     assert sum(starts) >= 0.95 * len(dropped)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_a_student_that_is_the_teacher_has_zero_distillation_loss(teacher_run, temperature):
+    ckpt = load_checkpoint(teacher_run)
+    teacher = Teacher(teacher_run, ckpt.tokenizer, None, temperature, 32, torch.device("cpu"))
+    x = torch.randint(0, ckpt.tokenizer.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    loss, _ = distillation(ckpt.model, Batch(x, torch.roll(x, -1, 1), 0), teacher, "forward", 0.0, temperature, 0.1)
+    (grad,) = torch.autograd.grad(loss, ckpt.model.lm_head.weight)
+    assert loss.abs().item() < 1e-6 and grad.abs().max().item() < 1e-6
+
+
 def test_a_child_inherited_with_a_compact_tokenizer_carries_the_id_map_distillation_reads(teacher_run, compact_tok,
                                                                                            tmp_path):
     from tinylm.inherit import ChildShape, inherit
@@ -191,9 +201,10 @@ def test_a_child_inherited_with_a_compact_tokenizer_carries_the_id_map_distillat
 
 
 def test_the_same_tokenizer_needs_no_projection(teacher_run):
-    teacher = Teacher(teacher_run, Tokenizer.load(teacher_run / "checkpoint"), None, 2.0, 32, torch.device("cpu"))
+    tokenizer = Tokenizer.load(teacher_run / "checkpoint")
+    teacher = Teacher(teacher_run, tokenizer, None, 2.0, 32, torch.device("cpu"))
     assert teacher.inputs is None and teacher.projection is None
-    x = torch.randint(0, 400, (1, 8))
+    x = torch.randint(0, tokenizer.vocab_size, (1, 8))
     with torch.no_grad():
         assert torch.allclose(teacher.targets(x, 0), torch.softmax(teacher.model(x) / 2.0, -1))
 

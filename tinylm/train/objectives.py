@@ -93,10 +93,6 @@ def distillation(model: torch.nn.Module, batch: Batch, teacher: Targets, kind: s
 def build_objective(cfg: Config, tokenizer: Tokenizer, device: torch.device) -> Objective:
     """The configured objective, its teacher loaded once; TinyLMError names a bad distill_* setting."""
     tc = cfg.train
-    if not tc.distill_teacher:
-        if tc.distill_cache:
-            raise TinyLMError("train.distill_cache is set but train.distill_teacher is not; set the teacher to distill")
-        return next_token_ce
     if tc.distill_loss not in KL_KINDS:
         raise TinyLMError(f"train.distill_loss='{tc.distill_loss}' is not one of {', '.join(KL_KINDS)}")
     if not 0 <= tc.distill_alpha <= 1:
@@ -107,6 +103,10 @@ def build_objective(cfg: Config, tokenizer: Tokenizer, device: torch.device) -> 
         raise TinyLMError(f"train.distill_skew={tc.distill_skew} must be in [0, 1) (at 1 the skew KL is always 0)")
     if tc.distill_samples < 1:
         raise TinyLMError(f"train.distill_samples={tc.distill_samples} must be at least 1")
+    if not tc.distill_teacher:
+        if tc.distill_cache:
+            raise TinyLMError("train.distill_cache is set but train.distill_teacher is not; set the teacher to distill")
+        return next_token_ce
     if tc.distill_cache and tc.distill_loss == "reverse":
         raise TinyLMError("train.distill_loss=reverse needs the teacher's whole distribution, which "
                           "train.distill_cache does not keep; use forward or skew, or drop the cache")

@@ -42,7 +42,8 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory, corpus) -> Path:
-    """A tinylm run with a small BPE (383 tokens): a random model with spread-out logits, so its targets are not uniform."""
+    """A tinylm run with a small BPE (383 tokens) and a random model whose logits are spread out (init_std 0.2), so
+    its targets are not uniform."""
     tokenizer = train_bpe(iter([corpus.read_text()]), 400)
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=2, d_model=32, n_heads=2, n_kv_heads=1,

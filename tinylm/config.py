@@ -92,6 +92,14 @@ class TrainConfig:
     ckpt_every: int = 500
     log_every: int = 10
     peak_tflops: float = 0.0  # for MFU; 0 = look up the device
+    # knowledge distillation (train/objectives.py)
+    distill_teacher: str = ""  # "" = plain next-token CE; else a tinylm run, Hugging Face folder or GGUF file
+    distill_loss: str = "forward"  # forward KL(p||q) | reverse KL(q||p) | skew KL(p || s*p + (1-s)*q)
+    distill_alpha: float = 0.5  # loss = alpha * CE + (1 - alpha) * temperature^2 * KL
+    distill_temperature: float = 1.0  # tau: both distributions are softmax(logits / tau)
+    distill_skew: float = 0.1  # s of the skew KL (DistiLLM); 0 = forward KL
+    distill_cache: str = ""  # folder of sampled teacher targets, shared by runs with the same data and batching
+    distill_samples: int = 8  # with distill_cache: tokens drawn per position from the teacher at tau
 
 
 @dataclass

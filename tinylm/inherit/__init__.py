@@ -8,7 +8,8 @@ Steps, each a plain function of the step before:
   4. width: score heads, FFN channels and hidden dimensions on the depth-cut model by a metric and keep the
      best of each in the child's shape (tinylm.inherit.select, tinylm.inherit.masks);
   5. write a normal run directory that `tinylm train --init`, `tinylm eval` and `tinylm sample` read, plus
-     inherit.json recording what was kept and why.
+     inherit.json recording what was kept and why (and, with a compact tokenizer, its id_map.json, which
+     distillation from the parent reads).
 Data-driven strategies and metrics use calibration windows from the training split of `calib` (default:
 the built-in corpus), tokenized with the child's tokenizer.
 """
@@ -137,6 +138,8 @@ def inherit(parent: str | Path, out: str | Path, shape: ChildShape | None = None
     shutil.rmtree(staging, ignore_errors=True)
     try:
         tok.save(staging)
+        if tokenizer is not None:  # distilling from the parent maps the child's ids through it (train/distill.py)
+            (staging / "id_map.json").write_text(json.dumps(id_map.tolist()) + "\n")
         torch.manual_seed(seed)
 
         # vocabulary (and the child's context length)

@@ -195,7 +195,7 @@ def select_tokens(parent: ParentTokenizer, counts: np.ndarray, vocab_size: int,
     symbol. Tokens are dropped cheapest first, their occurrences passed to their merge's parts (module docstring).
     `banned` ids and the tokens built on them are dropped before any other, as long as enough tokens remain."""
     check_vocab_size(parent, vocab_size)
-    ancestors = _merge_parents(parent)
+    ancestors = merge_parents(parent.json)
     protected = parent.special_ids | parent.byte_ids
     occurrences = {i: int(counts[i]) for i in parent.token_of}  # counts covers every id (count_tokens)
     built_on = Counter(part for parts in ancestors.values() for part in parts)  # kept tokens made from each id
@@ -421,11 +421,13 @@ def _renumber_post_processor(processor: dict, new_id: dict[int, int]) -> dict:
     return processor
 
 
-def _merge_parents(parent: ParentTokenizer) -> dict[int, tuple[int, int]]:
-    """Token id -> the ids of the two parts of the first (lowest-rank) merge that forms it."""
-    vocab = parent.json["model"]["vocab"]
+def merge_parents(content: dict) -> dict[int, tuple[int, int]]:
+    """Token id -> the ids of the two parts of the first (lowest-rank) merge that forms it, for a BPE
+    tokenizer.json's content."""
+    vocab = content["model"]["vocab"]
     parents = {}
-    for a, b in parent.merges:
+    for merge in content["model"].get("merges") or []:
+        a, b = merge.split(" ", 1) if isinstance(merge, str) else merge
         if a in vocab and b in vocab and a + b in vocab:
             parents.setdefault(vocab[a + b], (vocab[a], vocab[b]))
     return parents
@@ -435,7 +437,7 @@ def _cheapest_to_drop(parent: ParentTokenizer, checked: _Checked, n: int) -> set
     """Parent ids of the `n` never-emitted tokens that cost least per slot to drop. Dropping one drops the kept
     tokens built on it, and each of their emitted occurrences then takes as many tokens as its merge tree
     falls into among the tokens still kept: that many minus one is the cost."""
-    ancestors = _merge_parents(parent)
+    ancestors = merge_parents(parent.json)
     kept = set(checked.id_map)
     made_from = _made_from(ancestors, kept)
     emitted = dict(zip(checked.id_map, checked.emitted.tolist()))

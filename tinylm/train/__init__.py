@@ -1,7 +1,9 @@
-"""Training: the optimisation loop, schedules, throughput/MFU accounting and the loss plot.
+"""Training: the optimisation loop, its objectives (CE, distillation), schedules,
+throughput/MFU accounting and the loss plot.
 
-Uses the model and data packages; writes run directories through
-tinylm.checkpoint. Must not import evaluation or export.
+Uses the model and data packages, and reads a distillation teacher through
+tinylm.formats; writes run directories through tinylm.checkpoint. Must not
+import evaluation or export.
 """
 
 from tinylm.train.loop import StepInfo, TrainResult, train

@@ -27,6 +27,7 @@ from tinylm.data.tokens import TokenData
 from tinylm.errors import TinyLMError
 from tinylm.model import Transformer, sum_nats
 from tinylm.tokenizer import Tokenizer
+from tinylm.train.objectives import Batch, build_objective
 from tinylm.train.optim import build_optimizer, peak_lrs
 from tinylm.train.perf import peak_flops
 from tinylm.train.plot import plot_metrics
@@ -151,6 +152,7 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     except ValueError as e:
         raise TinyLMError(str(e))
     optimizer = build_optimizer(model, cfg, device)
+    objective = build_objective(cfg, tokenizer, device)  # before the run directory is touched: it may fail
     peak_lr = peak_lrs(cfg)[0]  # AdamW's, as logged
     step, tokens, seconds = 0, 0, 0.0
     if resume:
@@ -228,11 +230,16 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
                                  start=tc.dropout_from, cycles=tc.dropout_cycles)
             model.set_dropout(dropout)
             loss_sum = torch.zeros((), device=device)
-            for x, y in micro_batches(rounds.source_step(step)):
+            numbers_sum: dict[str, torch.Tensor] = {}  # the objective's numbers, averaged over micro-batches
+            source_step = rounds.source_step(step)
+            for micro, (x, y) in enumerate(micro_batches(source_step)):
                 with autocast:
-                    loss = train_model(x, y) / tc.grad_accum
+                    loss, numbers = objective(train_model, Batch(x, y, source_step * tc.grad_accum + micro))
+                    loss = loss / tc.grad_accum
                 loss.backward()
                 loss_sum += loss.detach()
+                for name, value in numbers.items():
+                    numbers_sum[name] = numbers_sum.get(name, 0) + value / tc.grad_accum
             if tc.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
@@ -249,9 +256,9 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
                 window_tokens, window_start = 0, now
                 if not math.isfinite(loss_value):
                     raise TinyLMError(f"training diverged at step {step} (loss {loss_value}); lower train.lr")
-                log({"step": step, "loss": loss_value, "lr": lr, "dropout": dropout, "tokens": tokens,
-                     "seconds": round(seconds, 3), "tokens_per_s": round(rate, 1),
-                     **({"round": r.index} if (r := rounds.round_at(step - 1)) else {})})
+                log({"step": step, "loss": loss_value, **{k: v.item() for k, v in numbers_sum.items()},
+                     "lr": lr, "dropout": dropout, "tokens": tokens, "seconds": round(seconds, 3),
+                     "tokens_per_s": round(rate, 1), **({"round": r.index} if (r := rounds.round_at(step - 1)) else {})})
                 bar.set_postfix(step=step, loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
             bar.update(min(progress_of(cfg, step, tokens, seconds), 1.0) - bar.n)
             if tc.eval_every and step % tc.eval_every == 0:

@@ -44,6 +44,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     from tinylm.data import TokenData, prepare_cached
     from tinylm.tokenizer import Tokenizer
     from tinylm.train import train
+    from tinylm.train.loop import check_tokenizer
 
     recipe, overrides = _split_recipe(a.args)
     out = Path(a.out or f"runs/{Path(recipe).stem if recipe else 'default'}")
@@ -58,6 +59,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         if has_run and not a.overwrite:
             raise TinyLMError(f"'{out}' already holds a run; pass --resume to continue it or --overwrite to replace it")
         cfg = load_config(recipe, overrides, base=_init_base(a.init) if a.init else None)
+    if cfg.data.tokenizer == "bpe":
+        check_tokenizer(cfg, "bpe")  # before a BPE is trained for nothing
     data_dir = prepare_cached(cfg.data)
     data, tokenizer = TokenData.load(data_dir), Tokenizer.load(data_dir)
     try:

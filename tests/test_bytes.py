@@ -109,7 +109,7 @@ def test_changing_a_byte_changes_no_earlier_prediction(patching, pooling):
 def test_the_byte_decoder_reads_earlier_bytes_of_its_patch():
     # no encoder blocks and stride patches of 4: the prediction at 4m + 2 reads byte 4m + 1 only through the
     # decoder's attention within its patch (the global context there covers bytes < 4m)
-    model = random_model(byte_cfg("stride", "mean", n_encoder_layers=0))
+    model = random_model(byte_cfg("stride", "mean", patch_size=4, n_encoder_layers=0))
     ids = ids_of(TEXT)
     changed = ids.clone()
     changed[0, 9] = 33 if ids[0, 9] != 33 else 34

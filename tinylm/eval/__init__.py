@@ -94,4 +94,19 @@ def sample(run: str | Path, prompt: str, max_new_tokens: int = 200, temperature:
     generator = torch.Generator(device=device).manual_seed(seed)
     ids = generate(ckpt.model, ckpt.tokenizer.encode(prompt), max_new_tokens, temperature, top_k, top_p,
                    eos_id=ckpt.tokenizer.eos_id, generator=generator)
+    if ckpt.cfg.model.kind == "byte":
+        return prompt + utf8_text(bytes(i for i in ids if i < 256))
     return prompt + ckpt.tokenizer.decode(ids)
+
+
+def utf8_text(data: bytes) -> str:
+    """`data` as text. A byte model can emit any byte: invalid UTF-8 shows as U+FFFD and is listed at the end."""
+    text, invalid, at = "", [], 0
+    while True:
+        try:
+            return text + data[at:].decode("utf-8") + (f"\n[invalid UTF-8: {', '.join(invalid)}]" if invalid else "")
+        except UnicodeDecodeError as e:
+            start, end = at + e.start, at + e.end
+            text += data[at:start].decode("utf-8") + "\ufffd"
+            invalid.append(f"{data[start:end].hex(' ')} at byte {start}")
+            at = end

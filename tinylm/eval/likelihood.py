@@ -118,7 +118,9 @@ def loglikelihoods(model: Transformer, requests: list[Request], batch_size: int 
         longest = max(len(cont) for _, cont in continuations)
         # sharing pads every continuation to the longest; it does not pay when the context is much shorter
         # than that (PIQA's long solutions after a short goal)
-        head = context[:-1] if len(continuations) > 1 and 2 * (len(context) - 1) >= longest else ()
+        # (a byte model's cache holds one sequence, so its rows are scored whole)
+        head = (context[:-1] if isinstance(model, Transformer) and len(continuations) > 1
+                and 2 * (len(context) - 1) >= longest else ())
         width = len(context) - len(head) + longest - 1
         rows += [_Row(i, head, list(context[len(head):]) + cont[:-1], cont, width) for i, cont in continuations]
     rows.sort(key=lambda r: (len(r.head), r.width, r.head, -len(r.tail)))

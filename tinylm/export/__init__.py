@@ -42,7 +42,7 @@ class Exported:
 
 def export(run: str | Path, fmt: str, out: str | Path, dtype: str = "f32", overwrite: bool = False) -> Exported:
     """Write the run's model in `fmt` to `out`."""
-    from tinylm.checkpoint import CHECKPOINT, find_checkpoint, load_checkpoint
+    from tinylm.checkpoint import CHECKPOINT, find_checkpoint, load_checkpoint, read_config
     from tinylm.model.llama import is_shared, unshare
 
     if fmt not in DTYPES:
@@ -53,6 +53,9 @@ def export(run: str | Path, fmt: str, out: str | Path, dtype: str = "f32", overw
     out = Path(out)
     targets = outputs(fmt, out)
     ckpt_dir = find_checkpoint(run).resolve()
+    if (kind := read_config(ckpt_dir).model.kind) != "token":
+        raise TinyLMError(f"'{run}' is a model.kind={kind} model, which --format {fmt} cannot hold (it stores "
+                          "token Transformers); evaluate and sample it with tinylm")
     for target in targets:
         t = target.resolve()
         if t == ckpt_dir or ckpt_dir.is_relative_to(t) or t.is_relative_to(ckpt_dir):

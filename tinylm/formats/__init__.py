@@ -19,7 +19,7 @@ from tinylm.config import ModelConfig
 from tinylm.errors import TinyLMError
 from tinylm.formats.gguf_file import read_gguf_model
 from tinylm.formats.hf import read_hf_dir
-from tinylm.model import Transformer
+from tinylm.model import Transformer, build_model
 from tinylm.tokenizer import FILENAME, Tokenizer
 
 
@@ -50,7 +50,7 @@ def model_kind(path: str | Path) -> str:
 def model_from_state(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str) -> Transformer:
     """A Transformer holding `state` (tinylm names; a tied head may be absent)."""
     try:
-        model = Transformer(cfg)
+        model = build_model(cfg)
     except ValueError as e:
         raise TinyLMError(f"'{source}': {e}")
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -34,7 +34,7 @@ from tinylm.formats import load_model
 from tinylm.inherit.importance import DEPTH_STRATEGIES, WIDTH_METRICS, Batches, choose_layers, width_scores
 from tinylm.inherit.masks import learned_scores
 from tinylm.inherit.select import Selection, choose_width, slice_model
-from tinylm.model import resolved_ffn_hidden
+from tinylm.model import Transformer, resolved_ffn_hidden
 from tinylm.model.llama import head_dim, is_shared
 from tinylm.tokenizer import FILENAME, Tokenizer
 
@@ -131,6 +131,9 @@ def inherit(parent: str | Path, out: str | Path, shape: ChildShape | None = None
     started = time.perf_counter()
     shape = shape or ChildShape()
     loaded = load_model(parent)
+    if not isinstance(loaded.model, Transformer):
+        raise TinyLMError(f"'{parent}' is a model.kind={loaded.model.cfg.kind} model; inheritance cuts token "
+                          "Transformers only")
     parent_cfg = loaded.model.cfg
     tok, id_map = child_tokenizer(loaded.tokenizer, parent_cfg.vocab_size, tokenizer, loaded.path)
     child_cfg = child_config(parent_cfg, shape, len(id_map))

@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 
+from tinylm.model.bytes import ByteCache, ByteTransformer
 from tinylm.model.llama import KVCache, Transformer
 
 
@@ -25,7 +26,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 @torch.no_grad()
-def generate(model: Transformer, prompt: list[int], max_new_tokens: int, temperature: float = 1.0,
+def generate(model: Transformer | ByteTransformer, prompt: list[int], max_new_tokens: int, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
              generator: torch.Generator | None = None,
              stop: Callable[[list[int]], bool] | None = None) -> list[int]:
@@ -39,7 +40,8 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, tempera
     max_len = model.cfg.max_seq_len
     prompt = prompt[-(max_len - 1):] if prompt else [eos_id if eos_id is not None else 0]
     max_new_tokens = min(max_new_tokens, max_len - len(prompt))
-    cache = KVCache(model.cfg, 1, max_len, device, model.embed.weight.dtype)
+    cache = (ByteCache if isinstance(model, ByteTransformer) else KVCache)(
+        model.cfg, 1, max_len, device, model.embed.weight.dtype)
     logits = model(torch.tensor([prompt], device=device), cache=cache, start=0)[:, -1]
     pos, out = len(prompt), []
     for _ in range(max_new_tokens):

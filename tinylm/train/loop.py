@@ -25,7 +25,7 @@ from tinylm.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from tinylm.config import Config
 from tinylm.data.tokens import TokenData
 from tinylm.errors import TinyLMError
-from tinylm.model import Transformer, sum_nats
+from tinylm.model import Transformer, build_model, sum_nats
 from tinylm.tokenizer import Tokenizer
 from tinylm.train.objectives import Batch, build_objective
 from tinylm.train.optim import build_optimizer, peak_lrs
@@ -112,6 +112,13 @@ def validate(model: Transformer, data: TokenData, cfg: Config, autocast, max_tok
     return nats / count, data.bits_per_byte(nats, count)
 
 
+def check_tokenizer(cfg: Config, kind: str) -> None:
+    """A byte model reads raw bytes: refuse a tokenizer of any other kind ("bpe", "file")."""
+    if cfg.model.kind == "byte" and kind != "byte":
+        raise TinyLMError(f"model.kind=byte reads raw bytes; set data.tokenizer=byte (this run's tokenizer is "
+                          f"'{cfg.data.tokenizer}')")
+
+
 def _trim_metrics(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint we resume from, so the log has no repeats."""
     if path.is_file():
@@ -143,12 +150,13 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     if cfg.model.vocab_size < data.vocab_size:
         raise TinyLMError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the data's vocabulary ({data.vocab_size})")
     data.check_trainable(cfg.model.max_seq_len)
+    check_tokenizer(cfg, tokenizer.kind)
     seq_len, tokens_per_step = cfg.model.max_seq_len, tc.batch_size * tc.grad_accum * cfg.model.max_seq_len
     run_dir = Path(run_dir) if run_dir is not None else None
     rounds = RoundSchedule.from_config(tc, tokens_per_step, run_dir)
     torch.manual_seed(tc.seed)
     try:
-        model = Transformer(cfg.model).to(device)
+        model = build_model(cfg.model).to(device)
     except ValueError as e:
         raise TinyLMError(str(e))
     optimizer = build_optimizer(model, cfg, device)

@@ -127,7 +127,7 @@ class StlmAblation:
             data, tok = TokenData.load(data_dir), Tokenizer.load(data_dir)
             tokens = round(p.text_bytes * len(data.train) / data.bytes["train"])  # equal text, in bytes
             batch = p.batch_size
-            cfg = Config(model=model, data=data_cfg, eval=EvalConfig(max_tokens=0),
+            cfg = Config(model=dataclasses.replace(model), data=data_cfg, eval=EvalConfig(max_tokens=0),
                          train=TrainConfig(seed=seed, device=self.device, batch_size=batch, optimizer="muon",
                                            lr=3e-3, muon_lr=0.02, schedule="wsd", warmup_steps=20, max_steps=0,
                                            max_tokens=tokens, eval_every=0, ckpt_every=50, log_every=10,

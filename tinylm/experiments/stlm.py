@@ -63,9 +63,9 @@ class StlmPreset:
 
 
 PRESETS = {
-    # 8 x 256 untied at 8,192 tokens: 10.1M parameters; 600 kB of text (~175k tokens) per row and seed
+    # 8 x 256 untied at 8,192 tokens: 10.1M parameters; 400 kB of text (~116k tokens) per row and seed
     "quick": StlmPreset(shape=dict(n_layer=8, d_model=256, n_heads=4, n_kv_heads=2, ffn_hidden=704),
-                        text_bytes=600_000, batch_size=8, seq_len=256, byte_seq_len=1024, limit=200, seeds=(1, 2)),
+                        text_bytes=400_000, batch_size=8, seq_len=256, byte_seq_len=1024, limit=200, seeds=(1, 2)),
     "default": StlmPreset(shape=dict(n_layer=8, d_model=256, n_heads=4, n_kv_heads=2, ffn_hidden=704),
                           text_bytes=8_000_000, batch_size=16, seq_len=256, byte_seq_len=1024, limit=500,
                           seeds=(1, 2, 3)),

@@ -84,7 +84,7 @@ def test_the_ablation_trains_every_row_on_equal_text_and_resumes(tmp_path, teach
         assert abs(r["text_bytes"] - 4000) <= 0.25 * 4000  # equal text, up to whole steps
     assert rows["+byte-level pooling"]["tokens"] > rows["+tied embeddings"]["tokens"]  # bytes, not tokens
     assert rows["+tied embeddings"]["params"]["total"] < rows["baseline"]["params"]["total"]
-    assert "zero_shot_avg" in rows["baseline"] and "zero_shot_avg" not in rows["+byte-level pooling"]
+    assert all(0 <= r["zero_shot_avg"] <= 1 for r in rows.values())
     assert rows["+distillation"]["train"]["distill_teacher"] == str(teacher)
     assert len(report["verdicts"]) == len(ROWS) - 1
     for name in ("ablation.json", "ablation.md", "ablation.png"):

@@ -2,25 +2,19 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 import tinylm.model.llama as llama
 from tinylm.config import ModelConfig, load_config
-from tinylm.data.tokens import TokenData
 from tinylm.errors import TinyLMError
 from tinylm.model import Transformer
 from tinylm.tokenizer import byte_tokenizer
 from tinylm.train import StepInfo, train
 from tinylm.train.schedule import dropout_at
 
-
-def byte_data(text: str) -> TokenData:
-    ids = np.frombuffer(text.encode(), dtype=np.uint8).astype(np.uint16)
-    cut = int(len(ids) * 0.9)
-    return TokenData(ids[:cut], ids[cut:], {"train": cut, "val": len(ids) - cut}, 257, 256)
+from test_train import byte_data  # the same tiny byte-level corpus
 
 
 @pytest.fixture

@@ -4,39 +4,18 @@ import json
 
 import pytest
 
-from tinylm.checkpoint import save_checkpoint
-from tinylm.config import Config, ModelConfig
+from tinylm.config import ModelConfig
 from tinylm.errors import TinyLMError
 from tinylm.experiments import stlm as stlm_module
 from tinylm.experiments.stlm import ROWS, StlmPreset, run_ablation, shared_deeper
 from tinylm.model import Transformer
-from tinylm.tokenizer import train_bpe
+
+from test_ladder import parent, task_file  # noqa: F401  a tiny saved run (the teacher) and a task file
 
 
 @pytest.fixture(autouse=True)
 def _data_cache_in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # prepared data goes to ./data_cache
-
-
-@pytest.fixture
-def teacher(tmp_path, text_file):
-    """A random 2-layer teacher with a byte-level BPE of its own, saved as a tinylm run."""
-    tokenizer = train_bpe(iter(text_file.read_text().splitlines() * 3), 400)
-    cfg = Config(model=ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=2, d_model=64, n_heads=1, n_kv_heads=1,
-                                   ffn_hidden=128, max_seq_len=64))
-    run = tmp_path / "teacher"
-    save_checkpoint(run, Transformer(cfg.model), cfg, tokenizer)
-    tokenizer.save(run)
-    return run
-
-
-@pytest.fixture
-def task_file(tmp_path):
-    rows = [{"context": "the quick brown", "choices": [" fox", " cat"], "gold": 0},
-            {"context": "the cat sat on", "choices": [" mat", " fox"], "gold": 0}]
-    path = tmp_path / "task.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def tiny_preset(task_file) -> StlmPreset:
@@ -59,7 +38,7 @@ def test_sharing_the_ffn_spends_the_saved_parameters_on_depth():
     assert spent <= budget < one_more
 
 
-def test_the_ablation_trains_every_row_on_equal_text_and_resumes(tmp_path, teacher, text_file, task_file,
+def test_the_ablation_trains_every_row_on_equal_text_and_resumes(tmp_path, parent, text_file, task_file,
                                                                   monkeypatch):
     calls = []
     real_train = stlm_module.StlmAblation.train_row
@@ -72,7 +51,7 @@ def test_the_ablation_trains_every_row_on_equal_text_and_resumes(tmp_path, teach
     monkeypatch.setattr(stlm_module.StlmAblation, "train_row", counting)
 
     stop = True
-    kwargs = dict(teacher=teacher, data=str(text_file), progress=False)
+    kwargs = dict(teacher=parent, data=str(text_file), progress=False)
     with pytest.raises(KeyboardInterrupt):
         run_ablation(tmp_path / "stlm", tiny_preset(task_file), **kwargs)
     stop = False
@@ -85,7 +64,7 @@ def test_the_ablation_trains_every_row_on_equal_text_and_resumes(tmp_path, teach
     assert rows["+byte-level pooling"]["tokens"] > rows["+tied embeddings"]["tokens"]  # bytes, not tokens
     assert rows["+tied embeddings"]["params"]["total"] < rows["baseline"]["params"]["total"]
     assert all(0 <= r["zero_shot_avg"] <= 1 for r in rows.values())
-    assert rows["+distillation"]["train"]["distill_teacher"] == str(teacher)
+    assert rows["+distillation"]["train"]["distill_teacher"] == str(parent)
     assert len(report["verdicts"]) == len(ROWS) - 1
     for name in ("ablation.json", "ablation.md", "ablation.png"):
         assert (tmp_path / "stlm" / name).is_file()
@@ -99,6 +78,6 @@ def test_the_ablation_trains_every_row_on_equal_text_and_resumes(tmp_path, teach
     assert len(list((tmp_path / "stlm" / "runs").rglob("metrics.jsonl"))) == 2 * len(ROWS)
 
 
-def test_one_seed_is_refused(tmp_path, teacher, task_file):
+def test_one_seed_is_refused(tmp_path, parent, task_file):
     with pytest.raises(TinyLMError, match="two seeds"):
-        run_ablation(tmp_path / "stlm", tiny_preset(task_file), teacher=teacher, seeds=(1,))
+        run_ablation(tmp_path / "stlm", tiny_preset(task_file), teacher=parent, seeds=(1,))

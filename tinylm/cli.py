@@ -42,7 +42,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     from tinylm.checkpoint import CHECKPOINT
     from tinylm.config import load_config
     from tinylm.data import TokenData, prepare_cached
-    from tinylm.tokenizer import Tokenizer
+    from tinylm.tokenizer import PATCHES, Tokenizer
     from tinylm.train import train
     from tinylm.train.loop import check_tokenizer
 
@@ -59,8 +59,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         if has_run and not a.overwrite:
             raise TinyLMError(f"'{out}' already holds a run; pass --resume to continue it or --overwrite to replace it")
         cfg = load_config(recipe, overrides, base=_init_base(a.init) if a.init else None)
-    if cfg.data.tokenizer == "bpe":
-        check_tokenizer(cfg, "bpe")  # before a BPE is trained for nothing
+    if cfg.data.tokenizer in ("bpe", "byte") or cfg.data.tokenizer.startswith(f"{PATCHES}:"):
+        check_tokenizer(cfg, cfg.data.tokenizer.split(":")[0])  # before data is prepared for nothing
     data_dir = prepare_cached(cfg.data)
     data, tokenizer = TokenData.load(data_dir), Tokenizer.load(data_dir)
     try:
@@ -344,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("prepare", help="tokenize a corpus into memory-mapped train/val shards")
     p.add_argument("source", nargs="?", default="", help="text file, folder, .jsonl or .parquet (default: built-in corpus)")
     p.add_argument("--out", required=True)
-    p.add_argument("--tokenizer", default="bpe", help="byte | bpe (trained on the corpus) | path to tokenizer.json")
+    p.add_argument("--tokenizer", default="bpe", help="byte | bpe (trained on the corpus) | path to tokenizer.json | "
+                                                      "patches:(bpe or a path): bytes flagged at that BPE's token ends")
     p.add_argument("--vocab-size", type=int, default=4096, help="for --tokenizer bpe")
     p.add_argument("--text-field", default="text", help="field holding the text in .jsonl/.parquet")
     p.add_argument("--val-fraction", type=float, default=0.05)

@@ -44,7 +44,8 @@ class ModelConfig:
     # byte-level models (model.kind=byte, tinylm/model/bytes.py)
     kind: str = "token"  # token: the Transformer over tokenizer ids | byte: bytes pooled into patches (data.tokenizer=byte)
     patching: str = "space"  # space: a patch starts after a non-alphanumeric byte (SpaceByte) | stride: every patch_size bytes
-    patch_size: int = 8  # stride: the patch length; space: the longest patch (a longer word is cut)
+    # | predicted: BPE tokens, whose ends the model predicts (data.tokenizer=patches:PATH, Super Tiny Language Models)
+    patch_size: int = 8  # stride: the patch length; space, predicted: the longest patch (a longer one is cut)
     pooling: str = "mean"  # a patch's byte states -> one vector: mean | attention (a learned query) | last (its last byte)
     d_local: int = 128  # width of the byte embedding, encoder and decoder (the global blocks use d_model)
     n_local_heads: int = 4  # attention heads of the byte encoder and decoder
@@ -55,7 +56,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     path: str = ""  # text file, folder, .jsonl, .parquet or a prepared shard folder; "" = built-in corpus
-    tokenizer: str = "bpe"  # "byte", "bpe" (trained on the corpus), or a tokenizer.json path
+    tokenizer: str = "bpe"  # "byte", "bpe" (trained on the corpus), a tokenizer.json path, or "patches:" and bpe or a
+    # path: bytes flagged at that BPE's token ends (for model.patching=predicted)
     vocab_size: int = 4096  # for tokenizer=bpe
     text_field: str = "text"  # the field holding text in .jsonl / .parquet
     val_fraction: float = 0.05

@@ -45,7 +45,7 @@ from tinylm.config import DataConfig
 from tinylm.data.corpus import describe_source, iter_documents, iter_parts
 from tinylm.errors import TinyLMError
 from tinylm.files import replace_folder
-from tinylm.tokenizer import FILENAME, Tokenizer, byte_tokenizer, train_bpe
+from tinylm.tokenizer import FILENAME, PATCHES, Tokenizer, byte_tokenizer, patch_tokenizer, tokenizer_of, train_bpe
 
 FORMAT_VERSION = 1  # part of every cache key: bump it when the prepared output changes
 MAX_PIECE_CHARS = 1 << 16
@@ -103,12 +103,16 @@ def prepared_dir(cache_dir: str | Path, source: str, tokenizer_spec: str, vocab_
     settings = {"format": FORMAT_VERSION, "source": describe_source(source), "tokenizer": tokenizer_key,
                 "val_fraction": val_fraction, "text_field": text_field}
     name = Path(source).resolve().stem if source else "builtin"
-    label = tokenizer_key if tokenizer_spec in ("byte", "bpe") else "tokenizer"
+    label = (tokenizer_key if tokenizer_spec in ("byte", "bpe")
+             else PATCHES if _patch_spec(tokenizer_spec) is not None else "tokenizer")
     return Path(cache_dir) / f"{name}-{label}-{_digest(settings)[:12]}"
 
 
 def build_tokenizer(spec: str, source: str, text_field: str = "text", vocab_size: int = 4096) -> Tokenizer:
-    """"byte", "bpe" (trained on a sample of `source`) or the path of a tokenizer.json."""
+    """"byte", "bpe" (trained on a sample of `source`), the path of a tokenizer.json, or "patches:" and one of
+    those: bytes flagged where that tokenizer's tokens end (tinylm.tokenizer.PatchTokenizer)."""
+    if (inner := _patch_spec(spec)) is not None:
+        return patch_tokenizer(build_tokenizer(inner, source, text_field, vocab_size))
     if spec == "byte":
         return byte_tokenizer()
     if spec == "bpe":
@@ -244,7 +248,7 @@ _worker_dtype: np.dtype | None = None
 def _start_worker(tokenizer_json: str, kind: str, dtype: str) -> None:
     # the tokenizer travels as its JSON string: cheap to send, and rebuilt once per worker
     global _worker_tokenizer, _worker_dtype
-    _worker_tokenizer, _worker_dtype = Tokenizer(HFTokenizer.from_str(tokenizer_json), kind), np.dtype(dtype)
+    _worker_tokenizer, _worker_dtype = tokenizer_of(HFTokenizer.from_str(tokenizer_json), kind), np.dtype(dtype)
 
 
 def _encode_in_worker(text: str) -> np.ndarray:
@@ -300,7 +304,14 @@ def _source_summary(description: dict) -> dict:
             "fingerprint": _digest(description)}
 
 
+def _patch_spec(spec: str) -> str | None:
+    """The tokenizer spec after "patches:", or None for a spec without it."""
+    return spec[len(PATCHES) + 1:] if spec.startswith(f"{PATCHES}:") else None
+
+
 def _tokenizer_key(spec: str, vocab_size: int) -> str:
+    if (inner := _patch_spec(spec)) is not None:
+        return f"{PATCHES}:{_tokenizer_key(inner, vocab_size)}"
     if spec == "byte":
         return "byte"
     if spec == "bpe":
@@ -308,7 +319,8 @@ def _tokenizer_key(spec: str, vocab_size: int) -> str:
     path = Path(spec)
     file = path / FILENAME if path.is_dir() else path
     if not file.is_file():
-        raise TinyLMError(f"no tokenizer at '{spec}'; set data.tokenizer to byte, bpe or a tokenizer.json path")
+        raise TinyLMError(f"no tokenizer at '{spec}'; set data.tokenizer to byte, bpe, a tokenizer.json path or "
+                          "patches: and one of those")
     stat = file.stat()
     return f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 

@@ -24,6 +24,7 @@ from tinylm.errors import TinyLMError
 from tinylm.eval.likelihood import loglikelihoods, rolling_requests
 from tinylm.formats import load_model
 from tinylm.model import generate, sum_nats
+from tinylm.tokenizer import N_SYMBOLS, PATCHES
 
 
 def evaluate(run: str | Path, max_tokens: int | None = None, batch_size: int | None = None, device: str = "cpu",
@@ -92,11 +93,28 @@ def sample(run: str | Path, prompt: str, max_new_tokens: int = 200, temperature:
            top_k: int = 0, top_p: float = 0.95, seed: int = 0, device: str = "cpu") -> str:
     ckpt = load_checkpoint(run, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    ids = generate(ckpt.model, ckpt.tokenizer.encode(prompt), max_new_tokens, temperature, top_k, top_p,
+    prompt_ids = ckpt.tokenizer.encode(prompt)
+    if ckpt.tokenizer.kind == PATCHES:
+        prompt_ids = flag_prompt_end(ckpt.model, prompt_ids)
+    ids = generate(ckpt.model, prompt_ids, max_new_tokens, temperature, top_k, top_p,
                    eos_id=ckpt.tokenizer.eos_id, generator=generator)
-    if ckpt.cfg.model.kind == "byte":
-        return prompt + utf8_text(bytes(i for i in ids if i < 256))
+    if ckpt.cfg.model.kind == "byte":  # byte patches: the byte is the id mod 257, the flag is dropped
+        return prompt + utf8_text(bytes(s for s in (i % N_SYMBOLS for i in ids) if s < 256))
     return prompt + ckpt.tokenizer.decode(ids)
+
+
+@torch.no_grad()
+def flag_prompt_end(model, ids: list[int]) -> list[int]:
+    """Byte patches of a prompt with its last byte's flag set as the model predicts it. Whether that byte ends
+    a patch depends on the text that follows, which the prompt's BPE cannot know (the end of a text always ends
+    a token, so a prompt in mid-word would force a new word); the model decides, as if it had written it."""
+    if len(ids) < 2:
+        return ids
+    model.eval()
+    context = torch.tensor([ids[:-1][-(model.cfg.max_seq_len - 1):]], device=model.embed.weight.device)
+    logits = model(context)[0, -1]
+    byte = ids[-1] % N_SYMBOLS
+    return ids[:-1] + [byte + N_SYMBOLS if logits[byte + N_SYMBOLS] > logits[byte] else byte]
 
 
 def utf8_text(data: bytes) -> str:

@@ -4,7 +4,10 @@ A request is a context and a continuation. Its tokens follow the harness
 (`TemplateLM._encode_pair`): whitespace at the end of the context moves to the
 front of the continuation, the continuation's tokens are
 encode(context + continuation)[len(encode(context)):], and an empty context
-becomes the EOS token (tinylm separates documents with it). A request longer
+becomes the EOS token (tinylm separates documents with it). Byte patches
+(model.patching=predicted) take context and continuation from
+encode(context + continuation), so the flags where BPE tokens end, which the
+score includes, are those of the text a choice completes. A request longer
 than max_seq_len + 1 tokens loses tokens from the left of its context. The
 score is the summed log-probability of the continuation's tokens and whether
 greedy decoding would produce every one of them.
@@ -49,7 +52,7 @@ def encode_requests(tokenizer: Tokenizer, pairs: Iterable[tuple[str, str]]) -> l
         moved.append((stripped, context[len(stripped):] + continuation))
     contexts = tokenizer.encode_batch([context for context, _ in moved])
     wholes = tokenizer.encode_batch([context + continuation for context, continuation in moved])
-    return [(ctx, whole[len(ctx):]) if context else ([tokenizer.eos_id], whole)
+    return [tokenizer.split_pair(ctx, whole) if context else ([tokenizer.eos_id], whole)
             for (context, _), ctx, whole in zip(moved, contexts, wholes)]
 
 

@@ -36,9 +36,11 @@ from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
 from tinylm.errors import TinyLMError
+from tinylm.eval import flag_prompt_end
 from tinylm.eval.likelihood import encode_requests, loglikelihoods, rolling_requests
 from tinylm.formats import load_model
 from tinylm.model import generate
+from tinylm.tokenizer import PATCHES
 
 DEFAULT_BATCH_SIZE = 32  # used for lm_eval's "auto"
 DEFAULT_MAX_GEN_TOKS = 256  # lm_eval's default
@@ -102,6 +104,8 @@ class TinyLMEval(LM):
         temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
         # like the harness, keep the end of the context and leave room for the generated tokens
         prompt = self.tokenizer.encode(context)[-max(1, self.max_length - max_new):]
+        if self.tokenizer.kind == PATCHES:
+            prompt = flag_prompt_end(self.model, prompt)
 
         def reached_stop(ids: list[int]) -> bool:
             return any(s in self.tokenizer.decode(ids) for s in until)

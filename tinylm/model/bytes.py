@@ -1,7 +1,8 @@
 """A byte-level decoder with patch pooling ("SpaceByte-lite", docs/next-techniques.md section 3.2).
 
 Bytes are embedded and run through a small causal encoder; a causal rule cuts them into patches
-(space: SpaceByte's word-like patches; stride: MEGABYTE's fixed ones); each patch is pooled to one
+(space: SpaceByte's word-like patches; stride: MEGABYTE's fixed ones; predicted: the tokens of a BPE
+tokenizer, as in Super Tiny Language Models, whose ends the model predicts); each patch is pooled to one
 vector over its real bytes only (mean, attention with a learned query, or its last byte); the global
 blocks (llama.py's Block) run over patches; a small byte decoder, causal within the patch it predicts,
 turns the global output back into next-byte logits one byte at a time.
@@ -12,6 +13,15 @@ already reads its global output; otherwise t reads the previous patch's (a learn
 first). Every prediction is ordinary next-byte cross-entropy: nats per byte, bits per byte / ln 2.
 There is no pad id: a patch's unused slots are zeros that pooling masks out and no loss reads, which
 avoids the STLM code's two faults (mean over padding, an ignored id that differs from the pad id).
+
+Predicted patches. Where a BPE token ends depends on the bytes after it, so the input cannot say where
+patches end. Instead the ids are bytes with a flag, "this byte ends a patch" (tinylm.tokenizer.PatchTokenizer:
+id = byte + 257 * flag, 514 ids, EOS flagged), and the model predicts the next byte and its flag jointly:
+the head has 514 classes. A patch starts at byte j when byte j - 1 carries the flag, or patch_size bytes
+after the last start, so the rule reads ids < j only, as the others do. The loss is then -log p(bytes,
+flags) per byte. The flags are a function of the bytes (the BPE's cut), so p(bytes) >= p(bytes, flags):
+the loss is an upper bound on the bytes' own code length, and bits per byte stays honest and comparable
+with the other byte models and with token models.
 """
 
 from __future__ import annotations
@@ -26,10 +36,12 @@ import torch.nn.functional as F
 from tinylm.config import ModelConfig
 from tinylm.model.llama import Attention, Block, KVCache, RMSNorm, check_shape, head_dim, rope_tables
 
-PATCHINGS = ("space", "stride")
+PATCHINGS = ("space", "stride", "predicted")
 POOLINGS = ("mean", "attention", "last")
 # SpaceByte's default_patch_size: the mean length of a space patch in English, used for FLOP estimates
 EXPECTED_SPACE_PATCH = 6.0
+EXPECTED_BPE_PATCH = 4.0  # the usual ~4 bytes of English per GPT-2-style BPE token, for the same estimates
+N_SYMBOLS = 257  # predicted patching: id = symbol + N_SYMBOLS * ends_patch (tinylm.tokenizer.PatchTokenizer)
 
 
 def local_config(cfg: ModelConfig, n_layer: int) -> ModelConfig:
@@ -40,6 +52,9 @@ def local_config(cfg: ModelConfig, n_layer: int) -> ModelConfig:
 
 def check_byte_shape(cfg: ModelConfig) -> None:
     """Raise ValueError on a byte-model config that cannot be built."""
+    if cfg.patching == "predicted" and cfg.vocab_size != 2 * N_SYMBOLS:
+        raise ValueError(f"model.patching=predicted needs the patch tokenizer's {2 * N_SYMBOLS} ids "
+                         f"(data.tokenizer=patches:PATH); model.vocab_size is {cfg.vocab_size}")
     if cfg.vocab_size < 257:
         raise ValueError(f"model.kind=byte needs the byte tokenizer's 257 ids (data.tokenizer=byte); "
                          f"model.vocab_size is {cfg.vocab_size}")
@@ -69,15 +84,19 @@ def patch_starts(idx: torch.Tensor, patching: str, patch_size: int) -> torch.Ten
     """(B, T + 1) bools: a patch starts at byte j (j = T is the byte after the input); reads bytes < j only.
 
     space: a patch starts after the first spacelike byte of a run (so "a  b" -> "a ", " b"), and after
-    patch_size bytes without one. stride: every patch_size bytes."""
+    patch_size bytes without one. stride: every patch_size bytes. predicted: after a byte whose id carries the
+    ends-a-patch flag, and after patch_size bytes without one."""
     B, T = idx.shape
     pos = torch.arange(T + 1, device=idx.device)
     if patching == "stride":
         return (pos % patch_size == 0).expand(B, T + 1)
-    space = spacelike(idx)
-    after_space = F.pad(space, (1, 0), value=False)  # [:, j]: byte j - 1 is spacelike
-    after_two = F.pad(space, (2, 0), value=False)[:, :T + 1]  # [:, j]: byte j - 2 is spacelike
-    natural = after_space & ~after_two
+    if patching == "predicted":
+        natural = F.pad(idx >= N_SYMBOLS, (1, 0), value=False)  # [:, j]: byte j - 1 ends a patch
+    else:
+        space = spacelike(idx)
+        after_space = F.pad(space, (1, 0), value=False)  # [:, j]: byte j - 1 is spacelike
+        after_two = F.pad(space, (2, 0), value=False)[:, :T + 1]  # [:, j]: byte j - 2 is spacelike
+        natural = after_space & ~after_two
     natural[:, 0] = True
     last_natural = torch.where(natural, pos, 0).cummax(1).values
     return (pos - last_natural) % patch_size == 0
@@ -196,8 +215,9 @@ class ByteTransformer(nn.Module):
                 m.dropout = p
 
     def forward(self, idx, targets=None, cache: ByteCache | None = None, start: int = 0):
-        """idx: (B, T) byte ids. Returns logits (B, T, V), or the mean cross-entropy when targets are given.
-        With a cache, idx continues the bytes already decoded at position `start`."""
+        """idx: (B, T) byte ids (byte patches for patching=predicted). Returns logits (B, T, V), or the mean
+        cross-entropy when targets are given. With a cache, idx continues the bytes already decoded at position
+        `start`."""
         B, T = idx.shape
         if start + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + T} bytes exceeds model.max_seq_len={self.cfg.max_seq_len}")
@@ -266,7 +286,8 @@ class ByteTransformer(nn.Module):
     def expected_patch_length(self) -> float:
         if self.cfg.patching == "stride":
             return float(self.cfg.patch_size)
-        return min(float(self.cfg.patch_size), EXPECTED_SPACE_PATCH)
+        expected = EXPECTED_BPE_PATCH if self.cfg.patching == "predicted" else EXPECTED_SPACE_PATCH
+        return min(float(self.cfg.patch_size), expected)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per byte: 6 * matmul params per byte (the global blocks run once per patch) plus
@@ -290,7 +311,8 @@ def embedding_report(cfg: ModelConfig, bpe_vocab_size: int = 50257) -> dict[str,
     (-99.9%); embedder + head are 566,528 (-97.8%) with one encoder and one decoder block, 2,017,664
     (-92.2%, the study's 90-95%) with d_local 192 and two of each."""
     with torch.device("meta"):
-        model = ByteTransformer(dataclasses.replace(cfg, kind="byte", vocab_size=max(cfg.vocab_size, 257)))
+        vocab_size = 2 * N_SYMBOLS if cfg.patching == "predicted" else max(cfg.vocab_size, 257)
+        model = ByteTransformer(dataclasses.replace(cfg, kind="byte", vocab_size=vocab_size))
     counts = {name: sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] in parts)
               for name, parts in (("embedder", ("embed", "encoder", "pool", "up")),
                                   ("head", ("down", "decoder", "decoder_norm", "lm_head", "first_context")))}

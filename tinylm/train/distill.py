@@ -41,7 +41,7 @@ import torch
 
 from tinylm.errors import TinyLMError
 from tinylm.formats import load_model
-from tinylm.tokenizer import Tokenizer
+from tinylm.tokenizer import PATCHES, Tokenizer
 from tinylm.tokenizer.compact import ID_MAP, merge_parents
 
 MANIFEST = "manifest.json"
@@ -95,7 +95,11 @@ def find_id_map(tokenizer_path: str) -> Path | None:
 def vocabulary_map(teacher: Tokenizer, student: Tokenizer, id_map_file: Path | None
                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(student id -> teacher id, teacher id -> student id of first(·)); both None when the tokenizers are one."""
-    if teacher.hf.get_vocab(with_added_tokens=True) == student.hf.get_vocab(with_added_tokens=True):
+    same = teacher.hf.get_vocab(with_added_tokens=True) == student.hf.get_vocab(with_added_tokens=True)
+    if PATCHES in (teacher.kind, student.kind) and not (same and teacher.kind == student.kind):
+        raise TinyLMError("a model over byte patches (data.tokenizer=patches:...) distills only from, or into, one "
+                          "over the same byte patches")
+    if same:
         return None, None
     if id_map_file is None:
         raise TinyLMError(f"the teacher's tokenizer ({teacher.vocab_size} tokens) is not the student's "

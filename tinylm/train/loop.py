@@ -26,7 +26,7 @@ from tinylm.config import Config
 from tinylm.data.tokens import TokenData
 from tinylm.errors import TinyLMError
 from tinylm.model import Transformer, build_model, sum_nats
-from tinylm.tokenizer import Tokenizer
+from tinylm.tokenizer import PATCHES, Tokenizer
 from tinylm.train.objectives import Batch, build_objective
 from tinylm.train.optim import build_optimizer, peak_lrs
 from tinylm.train.perf import peak_flops
@@ -113,8 +113,19 @@ def validate(model: Transformer, data: TokenData, cfg: Config, autocast, max_tok
 
 
 def check_tokenizer(cfg: Config, kind: str) -> None:
-    """A byte model reads raw bytes: refuse a tokenizer of any other kind ("bpe", "file")."""
-    if cfg.model.kind == "byte" and kind != "byte":
+    """A byte model reads raw bytes: refuse a tokenizer of any other kind ("bpe", "file"); one that predicts its
+    patches (model.patching=predicted) reads byte patches, which no other model reads."""
+    m = cfg.model
+    predicted = m.kind == "byte" and m.patching == "predicted"
+    if predicted and kind != PATCHES:
+        raise TinyLMError(f"model.kind=byte with model.patching=predicted reads bytes flagged at BPE token ends; set "
+                          f"data.tokenizer=patches:PATH (a BPE tokenizer.json) (this run's tokenizer is "
+                          f"'{cfg.data.tokenizer}')")
+    if kind == PATCHES and not predicted:
+        raise TinyLMError(f"data.tokenizer={cfg.data.tokenizer} makes byte patches, which only model.kind=byte with "
+                          f"model.patching=predicted reads (this model is model.kind={m.kind}"
+                          f"{f', model.patching={m.patching}' if m.kind == 'byte' else ''})")
+    if m.kind == "byte" and not predicted and kind != "byte":
         raise TinyLMError(f"model.kind=byte reads raw bytes; set data.tokenizer=byte (this run's tokenizer is "
                           f"'{cfg.data.tokenizer}')")
 

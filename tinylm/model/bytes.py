@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tinylm.config import ModelConfig
-from tinylm.model.llama import Attention, Block, KVCache, RMSNorm, check_shape, head_dim, rope_tables
+from tinylm.model.llama import Block, KVCache, RMSNorm, check_shape, head_dim, rope_tables, set_dropout
 
 PATCHINGS = ("space", "stride", "predicted")
 POOLINGS = ("mean", "attention", "last")
@@ -207,12 +207,7 @@ class ByteTransformer(nn.Module):
                 nn.init.normal_(p, 0.0, std)
 
     def set_dropout(self, p: float) -> None:
-        """Change every dropout probability in place (for dropout schedules)."""
-        for m in self.modules():
-            if isinstance(m, nn.Dropout):
-                m.p = p
-            elif isinstance(m, Attention):
-                m.dropout = p
+        set_dropout(self, p)
 
     def forward(self, idx, targets=None, cache: ByteCache | None = None, start: int = 0):
         """idx: (B, T) byte ids (byte patches for patching=predicted). Returns logits (B, T, V), or the mean

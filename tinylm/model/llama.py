@@ -219,6 +219,16 @@ def distinct_blocks(cfg: ModelConfig) -> list[Block]:
     return [Block(cfg, ffn(i)) for i in range(cfg.n_layer)]
 
 
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Change every dropout probability in `model` in place (for dropout schedules): the nn.Dropout modules
+    and the attention probabilities' dropout, which SDPA takes as an argument."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+        elif isinstance(m, Attention):
+            m.dropout = p
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -252,12 +262,7 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, 0.0, std)
 
     def set_dropout(self, p: float) -> None:
-        """Change every dropout probability in place (for dropout schedules)."""
-        for m in self.modules():
-            if isinstance(m, nn.Dropout):
-                m.p = p
-            elif isinstance(m, Attention):
-                m.dropout = p
+        set_dropout(self, p)
 
     def forward(self, idx, targets=None, cache: KVCache | None = None, start: int = 0):
         """idx: (B, T) token ids. Returns logits (B, T, V), or the mean cross-entropy when targets are given."""

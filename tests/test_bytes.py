@@ -15,7 +15,9 @@ from tinylm.eval.likelihood import loglikelihoods
 from tinylm.model import ByteCache, ByteTransformer, build_model, generate
 from tinylm.model.bytes import PatchPool, embedding_report, patch_layout, patch_starts, to_slots
 from tinylm.tokenizer import byte_tokenizer
-from tinylm.train import StepInfo, train
+from tinylm.train import train
+
+from test_train import StopAt  # stops a run with Ctrl-C at a step
 
 RULES = [("space", "mean"), ("space", "attention"), ("space", "last"), ("stride", "mean"), ("stride", "last")]
 TEXT = "Hello world,  a b\u00e9t\u00e9 ok!! the quick brownfoxjumps\tover\nthe dog \u2014 \u65e5\u672c\u8a9e."
@@ -226,15 +228,6 @@ def tiny_byte_config(*overrides):
         "model.d_local=16", "model.n_local_heads=2", "model.max_seq_len=48", "train.batch_size=4",
         "train.max_steps=6", "train.warmup_steps=1", "train.log_every=1", "train.eval_every=0",
         "train.eval_tokens=256", "train.ckpt_every=0", "train.device=cpu", "train.peak_tflops=1", *overrides])
-
-
-class StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def __call__(self, info: StepInfo):
-        if info.step == self.step:
-            raise KeyboardInterrupt
 
 
 def test_train_reports_bits_per_byte_and_resumes_exactly(tmp_path, text_file):

@@ -4,7 +4,6 @@ real SmolLM2 teacher."""
 
 import importlib.util
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +17,13 @@ from tinylm.data.tokens import TokenData
 from tinylm.errors import TinyLMError
 from tinylm.model import Transformer
 from tinylm.tokenizer import Tokenizer, byte_tokenizer, train_bpe
-from tinylm.train import StepInfo, train
+from tinylm.train import train
 from tinylm.train.distill import Teacher, find_id_map
 from tinylm.train.objectives import Batch, distillation, distillation_loss, kl_divergence
 
-WORDS = ("the king said unto his people that they should go forth and gather bread and wine for the feast of the "
-         "morning while the queen looked upon the city walls and spake of love and war and gold").split()
+from test_inherit import _text  # a small English-like corpus
+from test_train import StopAt  # stops a run with Ctrl-C at a step
 
-
-def _text(n_words: int = 6000, seed: int = 0) -> str:
-    rng = random.Random(seed)
-    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))).capitalize() + "." for _ in
-             range(n_words // 9)]
-    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture(scope="module")
@@ -296,15 +289,6 @@ def test_the_cache_is_reused_by_a_second_run_with_the_same_losses(teacher_run, c
         (r["loss"], r["kd_loss"]) for r in _records(tmp_path / "second")]
     with pytest.raises(TinyLMError, match="other settings \\(temperature: 1.0 there, 2.0 here\\)"):
         train(_config(*settings, "train.distill_temperature=2"), data, student, tmp_path / "third", progress=False)
-
-
-class StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def __call__(self, info: StepInfo):
-        if info.step == self.step:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize("cached", [False, True])

@@ -14,12 +14,7 @@ from tinylm.tokenizer import byte_tokenizer
 from tinylm.train import StepInfo, train
 from tinylm.train.schedule import dropout_at
 
-from test_train import byte_data  # the same tiny byte-level corpus
-
-
-@pytest.fixture
-def data(text_file):
-    return byte_data(text_file.read_text())
+from test_train import data  # noqa: F401  the same tiny byte-level corpus (a fixture)
 
 
 def tiny_config(*overrides):

@@ -17,7 +17,8 @@ from tinylm.model.llama import parameter_names, resolved_ffn_hidden, unshare
 from tinylm.tokenizer import byte_tokenizer
 from tinylm.train import train
 
-from test_dropout import byte_data, tiny_config  # the same tiny byte-level training setup
+from test_dropout import tiny_config  # the same tiny byte-level training setup
+from test_train import byte_data
 
 SHARED = [dict(ffn_sharing="all"), dict(ffn_sharing="interior"), dict(ffn_sharing="interior", ffn_adapter_rank=4),
           dict(block_repeat=2), dict(stack_repeat=2), dict(ffn_sharing="all", block_repeat=2, stack_repeat=2),

@@ -267,19 +267,20 @@ def summarize(name: str, model: ModelConfig, seeds: dict[int, dict], latency: di
     return row
 
 
+def judge(before: dict, after: dict, words: tuple[str, str, str]) -> tuple[float, float, str]:
+    """(change in bits per byte, the larger seed spread of the two, words[0] when `after` is lower by more than
+    that spread, words[1] when higher by more, words[2] otherwise)."""
+    delta = after["val_bpb"] - before["val_bpb"]
+    noise = max(before["val_bpb_spread"], after["val_bpb_spread"])
+    return delta, noise, words[0] if delta < -noise else words[1] if delta > noise else words[2]
+
+
 def verdicts(rungs: list[dict], tasks) -> list[str]:
     """One sentence per rung after the first: did it move the way the paper's did (lower bits per byte,
     higher accuracy), by more than the seeds disagree?"""
     lines = []
     for before, after in zip(rungs, rungs[1:]):
-        delta = after["val_bpb"] - before["val_bpb"]
-        noise = max(before["val_bpb_spread"], after["val_bpb_spread"])
-        if delta < -noise:
-            verdict = "reproduced"
-        elif delta > noise:
-            verdict = "reversed"
-        else:
-            verdict = "within seed noise"
+        delta, noise, verdict = judge(before, after, ("reproduced", "reversed", "within seed noise"))
         text = (f"{after['rung']}: {verdict} on bits per byte ({before['val_bpb']:.4f} -> {after['val_bpb']:.4f}, "
                 f"{delta:+.4f}; largest seed spread of the two rungs {noise:.4f})")
         if "zero_shot_avg" in after:

@@ -34,7 +34,7 @@ from pathlib import Path
 from tinylm.checkpoint import CHECKPOINT
 from tinylm.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig
 from tinylm.errors import TinyLMError
-from tinylm.experiments.ladder import TASKS, default_parent, plot_bars
+from tinylm.experiments.ladder import TASKS, default_parent, judge, plot_bars
 from tinylm.steps import cached_step, write_json
 
 ROWS = ("baseline", "+tied embeddings", "+FFN sharing, deeper", "+byte-level pooling", "+dropout schedule",
@@ -219,9 +219,7 @@ def verdicts(rows: list[dict]) -> list[str]:
     lines = []
     for row in rows[1:]:
         ref = by_name[row["reference"]]
-        delta = row["val_bpb"] - ref["val_bpb"]
-        noise = max(ref["val_bpb_spread"], row["val_bpb_spread"])
-        verdict = "helped" if delta < -noise else "hurt" if delta > noise else "no effect beyond seed noise"
+        delta, noise, verdict = judge(ref, row, ("helped", "hurt", "no effect beyond seed noise"))
         times = noise and abs(delta) / noise
         text = (f"{row['row']} (against {ref['row']}): {verdict} on bits per byte, {ref['val_bpb']:.4f} -> "
                 f"{row['val_bpb']:.4f} ({delta:+.4f}, {times:.1f}x the larger seed spread {noise:.4f}); "

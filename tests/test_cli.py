@@ -59,6 +59,13 @@ def test_unknown_config_key_names_the_closest(cli):
     assert "'train.lr'" in one_error_line(err)
 
 
+def test_a_size_out_of_range_fails_before_the_run_directory_is_made(cli, tmp_path):
+    code, _, err = cli("train", "model.n_layer=-2", "--out", "runs/neg")
+    assert code == 2
+    assert one_error_line(err) == "tinylm: error: model.n_layer=-2 must be at least 1"
+    assert list(tmp_path.iterdir()) == []  # no run directory, no prepared data
+
+
 def test_existing_run_is_not_overwritten_without_asking(cli, text_file, tmp_path):
     assert cli("train", f"data.path={text_file}", *TINY, "--out", "runs/a")[0] == 0
     before = (tmp_path / "runs/a/checkpoint/model.safetensors").read_bytes()

@@ -3,13 +3,16 @@
 A run's configuration is `Config` (model, data, train, eval). Recipes are YAML
 files that override the defaults; `key.sub=value` arguments override the
 recipe. Every key is checked: an unknown one is an error that names the
-closest valid key. This module knows nothing of models or training.
+closest valid key, and every size, count, rate and share is checked against its
+range (`RANGES`) before any command acts on it. This module knows nothing of
+models or training.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,9 +219,108 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take: low .. high, each end included unless marked open."""
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:  # written so that NaN holds nowhere
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open or self.high == math.inf else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return f"greater than {self.low:g}" if self.low_open else f"at least {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+AT_LEAST_1 = Range(1)
+AT_LEAST_0 = Range(0)  # where 0 has a meaning: "derived", "none", "no limit" or "off" (see the field's comment)
+POSITIVE = Range(0, low_open=True)
+FRACTION = Range(0, 1)  # [0, 1]
+BELOW_1 = Range(0, 1, high_open=True)  # [0, 1)
+SHARE = Range(0, 1, low_open=True)  # (0, 1]
+
+# Only ranges a single field fixes on its own. Checks that involve other fields stay where the fields meet:
+# divisibility and sharing shapes in model/llama.py check_shape and model/bytes.py check_byte_shape, the
+# distillation settings in train/objectives.py, the BPE minimum (257) in tokenizer.train_bpe, the stop
+# condition in train/loop.py, train.lr_batch_tokens in train/optim.py (used only with lr_scaling=sqrt).
+RANGES: dict[str, Range] = {
+    "model.vocab_size": AT_LEAST_0,
+    "model.n_layer": AT_LEAST_1,
+    "model.d_model": AT_LEAST_1,
+    "model.n_heads": AT_LEAST_1,
+    "model.n_kv_heads": AT_LEAST_1,
+    "model.head_dim": AT_LEAST_0,
+    "model.ffn_hidden": AT_LEAST_0,
+    "model.max_seq_len": AT_LEAST_1,
+    "model.rope_theta": POSITIVE,
+    "model.dropout": BELOW_1,
+    "model.ffn_sharing_keep": AT_LEAST_0,
+    "model.ffn_adapter_rank": AT_LEAST_0,
+    "model.block_repeat": AT_LEAST_1,
+    "model.stack_repeat": AT_LEAST_1,
+    "model.norm_eps": POSITIVE,
+    "model.init_std": POSITIVE,
+    "model.patch_size": AT_LEAST_1,
+    "model.d_local": AT_LEAST_1,
+    "model.n_local_heads": AT_LEAST_1,
+    "model.n_encoder_layers": AT_LEAST_0,  # 0: patches pool the byte embeddings themselves
+    "model.n_decoder_layers": AT_LEAST_0,
+    "data.vocab_size": AT_LEAST_1,
+    "data.val_fraction": Range(0, 1, low_open=True, high_open=True),
+    "data.workers": AT_LEAST_0,
+    "train.batch_size": AT_LEAST_1,
+    "train.grad_accum": AT_LEAST_1,
+    "train.lr": POSITIVE,
+    "train.muon_lr": POSITIVE,
+    "train.muon_momentum": BELOW_1,
+    "train.min_lr_ratio": FRACTION,
+    "train.warmup_steps": AT_LEAST_0,
+    "train.decay_fraction": FRACTION,
+    "train.weight_decay": AT_LEAST_0,
+    "train.beta1": BELOW_1,
+    "train.beta2": BELOW_1,
+    "train.grad_clip": AT_LEAST_0,  # 0: no clipping
+    "train.max_steps": AT_LEAST_0,
+    "train.max_tokens": AT_LEAST_0,
+    "train.max_seconds": AT_LEAST_0,
+    "train.rounds": AT_LEAST_1,
+    "train.refine_ratio": SHARE,
+    "train.refine_temperature": POSITIVE,
+    "train.dropout_until": FRACTION,
+    "train.dropout_from": FRACTION,
+    "train.dropout_cycles": AT_LEAST_1,
+    "train.eval_every": AT_LEAST_0,
+    "train.eval_tokens": AT_LEAST_0,
+    "train.ckpt_every": AT_LEAST_0,
+    "train.log_every": AT_LEAST_0,  # 0: no loss lines
+    "train.peak_tflops": AT_LEAST_0,
+    "eval.max_tokens": AT_LEAST_0,
+    "eval.batch_size": AT_LEAST_1,
+    "eval.sample_tokens": AT_LEAST_1,
+    "eval.temperature": AT_LEAST_0,  # 0: greedy decoding
+    "eval.top_k": AT_LEAST_0,
+    "eval.top_p": SHARE,
+}
+
+
+def validate(cfg: Config) -> None:
+    """Raise a TinyLMError naming the first field of `RANGES` whose value lies outside its range."""
+    for key, allowed in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not allowed.holds(value):
+            raise TinyLMError(f"{key}={value} must be {allowed}")
+
+
 def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict | None = None) -> Config:
-    """Defaults, then `base` (a saved config dict), then the YAML recipe, then the overrides."""
+    """Defaults, then `base` (a saved config dict), then the YAML recipe, then the overrides; then `validate`."""
     cfg = Config()
     if base:
         _apply(cfg, base)
@@ -235,4 +337,5 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
         _apply(cfg, values)
     if overrides:
         _apply(cfg, parse_overrides(overrides))
+    validate(cfg)
     return cfg

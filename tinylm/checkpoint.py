@@ -5,7 +5,7 @@
   RUN/loss.png             the loss curves, drawn at the end of training
   RUN/checkpoint/          the latest checkpoint, replaced atomically:
       model.safetensors    weights (tied tensors stored once)
-      state.pt             optimizer, step, tokens seen, RNG states (training only)
+      state.pt             optimizer, step, tokens seen, RNG states, steps skipped (training only)
       config.yaml          the config the weights belong to
       tokenizer.json       the tokenizer the weights belong to
 

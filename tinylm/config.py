@@ -89,7 +89,10 @@ class TrainConfig:
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # 0 = no clipping
+    # a step whose loss or gradient norm is NaN/inf is skipped (weights and optimizer untouched); this many in a
+    # row stop the run with the last good checkpoint kept; 0 = never stop
+    max_bad_steps: int = 10
     max_steps: int = 2000
     max_tokens: int = 0  # 0: no token limit
     max_seconds: float = 0.0  # 0: no time limit; otherwise the schedule follows wall-clock time

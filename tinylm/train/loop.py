@@ -5,6 +5,11 @@ Exact resume: batches depend only on (seed, step) and the checkpoint holds the
 optimizer and every RNG state, so on CPU a resumed run repeats the losses an
 uninterrupted run would have logged. Optional behaviour plugs in as callbacks
 called after every optimizer step, so the loop itself stays flat.
+
+Numerical faults: a step whose summed loss or gradient norm is NaN/inf is skipped where it happens. The step
+still counts (its tokens, its place in the schedule and in the data order), so a run's length and exact resume
+do not depend on faults; only the weights and optimizer state are left as they were. Each skip is logged at
+once; train.max_bad_steps in a row end the run, leaving the checkpoint from before them.
 """
 
 from __future__ import annotations
@@ -174,6 +179,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     objective = build_objective(cfg, tokenizer, device)  # before the run directory is touched: it may fail
     peak_lr = peak_lrs(cfg)[0]  # AdamW's, as logged
     step, tokens, seconds = 0, 0, 0.0
+    skipped, bad_steps = 0, 0  # steps skipped for a non-finite loss or gradient: in all, and in a row now
+    saved_step = None  # the step of the checkpoint on disk, named when faults stop the run
     if resume:
         ckpt = load_checkpoint(run_dir, with_state=True)
         if ckpt.cfg.model != cfg.model:
@@ -181,6 +188,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
         model.load_state_dict(ckpt.model.state_dict())
         optimizer.load_state_dict(ckpt.state["optimizer"])
         step, tokens, seconds = ckpt.state["step"], ckpt.state["tokens"], ckpt.state["seconds"]
+        skipped = ckpt.state.get("skipped", 0)  # absent from checkpoints written before steps could be skipped
+        saved_step = step
         set_rng_state(ckpt.state["rng"], device)
     elif init_from is not None:
         init = load_checkpoint(init_from)
@@ -202,10 +211,12 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
             metrics.flush()
 
     def checkpoint() -> None:
+        nonlocal saved_step
         if run_dir is not None:
             state = {"optimizer": optimizer.state_dict(), "step": step, "tokens": tokens,
-                     "seconds": seconds, "rng": rng_state(device)}
+                     "seconds": seconds, "rng": rng_state(device), "skipped": skipped}
             save_checkpoint(run_dir, model, cfg, tokenizer, state)
+            saved_step = step
 
     def micro_batches(first_round_step: int, to_device: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The micro-batches of a first-round step: they depend only on (seed, step), so every round and a
@@ -259,22 +270,38 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
                 loss_sum += loss.detach()
                 for name, value in numbers.items():
                     numbers_sum[name] = numbers_sum.get(name, 0) + value / tc.grad_accum
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
+            # with grad_clip=0 the norm is still needed to catch an inf gradient; max_norm=inf scales by exactly 1
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
+            # one host read per step (a GPU sync): whether to step must be known before the optimizer runs
+            loss_finite, grad_finite = torch.isfinite(torch.stack([loss_sum, grad_norm.to(loss_sum)])).tolist()
+            if loss_finite and grad_finite:
+                optimizer.step()
+                bad_steps = 0
+            else:
+                skipped, bad_steps = skipped + 1, bad_steps + 1
             optimizer.zero_grad(set_to_none=True)
             step += 1
             tokens += tokens_per_step
             window_tokens += tokens_per_step
             seconds = time.perf_counter() - clock
-            logged = step % tc.log_every == 0 if tc.log_every else False
+            if bad_steps:
+                log({"step": step, "skipped": "non-finite gradient" if loss_finite else "non-finite loss",
+                     "skipped_total": skipped})
+                if tc.max_bad_steps and bad_steps >= tc.max_bad_steps:
+                    kept = (f"the checkpoint in '{run_dir}' from step {saved_step} is untouched"
+                            if saved_step is not None else "no checkpoint was written")
+                    raise TinyLMError(
+                        f"training stopped at step {step}: {bad_steps} steps in a row had a non-finite loss or "
+                        f"gradient (train.max_bad_steps={tc.max_bad_steps}); {kept}. Try a lower train.lr, more "
+                        f"train.warmup_steps or train.precision=fp32 instead of bf16, and check the data near step "
+                        f"{step - bad_steps + 1}")
+            # a skipped step has no loss worth logging: its skip record stands in for it
+            logged = step % tc.log_every == 0 and not bad_steps if tc.log_every else False
             loss_value = loss_sum.item() if logged else None
             if logged:
                 now = time.perf_counter()
                 rate = window_tokens / (now - window_start)
                 window_tokens, window_start = 0, now
-                if not math.isfinite(loss_value):
-                    raise TinyLMError(f"training diverged at step {step} (loss {loss_value}); lower train.lr")
                 log({"step": step, "loss": loss_value, **{k: v.item() for k, v in numbers_sum.items()},
                      "lr": lr, "dropout": dropout, "tokens": tokens, "seconds": round(seconds, 3),
                      "tokens_per_s": round(rate, 1), **({"round": r.index} if (r := rounds.round_at(step - 1)) else {})})
@@ -285,7 +312,9 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
                 log({"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "tokens": tokens})
                 if progress:
                     bar.write(f"step {step}: val loss {val_loss:.4f}, {val_bpb:.4f} bits/byte")
-            if tc.ckpt_every and step % tc.ckpt_every == 0:
+            # not during a run of skipped steps: if they end the run, resuming from the step before them retries
+            # their batches (e.g. at a lower train.lr) instead of counting them as done
+            if tc.ckpt_every and step % tc.ckpt_every == 0 and not bad_steps:
                 checkpoint()
             for callback in callbacks:
                 callback(StepInfo(step, loss_value, lr, tokens, seconds, model))
@@ -305,7 +334,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
         # the final score covers what `tinylm eval` scores (eval.max_tokens; 0 = the whole split)
         val_loss, val_bpb = validate(model, data, cfg, autocast, cfg.eval.max_tokens)
         log({"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "tokens": tokens})
-    log({"step": step, "summary": True, "tokens_per_s": round(rate, 1), "mfu": mfu, "peak_flops": peak})
+    log({"step": step, "summary": True, "tokens_per_s": round(rate, 1), "mfu": mfu, "peak_flops": peak,
+         "skipped_total": skipped})
     if metrics is not None:
         metrics.close()
         plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")

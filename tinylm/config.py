@@ -289,6 +289,7 @@ RANGES: dict[str, Range] = {
     "train.beta1": BELOW_1,
     "train.beta2": BELOW_1,
     "train.grad_clip": AT_LEAST_0,  # 0: no clipping
+    "train.max_bad_steps": AT_LEAST_0,  # 0: never stop on non-finite steps
     "train.max_steps": AT_LEAST_0,
     "train.max_tokens": AT_LEAST_0,
     "train.max_seconds": AT_LEAST_0,

@@ -146,6 +146,15 @@ def test_greedy_generation_equals_argmax_of_full_forward():
             seq.append(token)
 
 
+def test_byte_generation_past_the_context_slides_by_re_prefilling_the_last_half():
+    model = random_model(dataclasses.replace(byte_cfg(), max_seq_len=16))
+    prompt = list(b"The cat ")
+    out = generate(model, prompt, 40, temperature=0)
+    assert len(out) == 40
+    slid = 16 - len(prompt) + 1  # bytes out when the 16-byte cache is full
+    assert out[slid:] == generate(model, (prompt + out[:slid])[-8:], 40 - slid, temperature=0)
+
+
 def test_padding_is_never_a_target():
     model = random_model(byte_cfg())
     ids = ids_of(TEXT)

@@ -114,3 +114,9 @@ def test_user_errors_print_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "no-such-run" in one_error_line(proc.stderr)
+
+
+def test_sample_help_says_generation_slides_past_the_context(cli):
+    code, out, _ = cli("sample", "--help")
+    assert code == 0
+    assert "max_seq_len // 2" in " ".join(out.split())

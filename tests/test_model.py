@@ -64,6 +64,15 @@ def test_greedy_generation_equals_argmax_of_full_forward(small_cfg):
     assert out == seq[len(prompt):]
 
 
+def test_generation_past_the_context_slides_by_re_prefilling_the_last_half(small_cfg):
+    model = Transformer(dataclasses.replace(small_cfg, max_seq_len=16)).eval()
+    prompt = [5, 17, 3]
+    out = generate(model, prompt, 40, temperature=0)
+    assert len(out) == 40
+    slid = 16 - len(prompt) + 1  # tokens out when the 16-token cache is full
+    assert out[slid:] == generate(model, (prompt + out[:slid])[-8:], 40 - slid, temperature=0)
+
+
 def test_generation_stops_at_eos(small_cfg):
     model = Transformer(small_cfg).eval()
     first = generate(model, [1, 2], 1, temperature=0)[0]

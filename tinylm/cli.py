@@ -331,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate text from a run")
     p.add_argument("run", metavar="RUN_OR_CKPT")
     p.add_argument("--prompt", default="")
-    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--max-tokens", type=int, default=200,
+                   help="tokens (bytes for a byte model) to generate; past the model's max_seq_len the context "
+                        "slides: it is re-read from the last max_seq_len // 2 tokens and generation goes on")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=0.95, help="1 = off")

@@ -42,6 +42,7 @@ from tinylm.config import Config, DataConfig, ModelConfig, TrainConfig
 from tinylm.data import TokenData, prepare_cached
 from tinylm.errors import TinyLMError
 from tinylm.model.llama import head_dim, resolved_ffn_hidden
+from tinylm.progress import progress_bar
 from tinylm.steps import cached_step, write_json
 from tinylm.tokenizer import Tokenizer, byte_tokenizer
 from tinylm.train import train
@@ -108,7 +109,7 @@ def sweep(out: str | Path, params: int, vocab: int | None = None, *, latency_bud
     say(f"{len(shapes):,} shapes within ±{100 * TOLERANCE:g}% of {params:,} parameters; measuring {len(chosen)} "
         f"spread over depth" + (f" (skipped {skipped} already measured in {out})" if skipped else ""))
     rows = []
-    for cfg in tqdm(chosen, desc="measure", disable=not progress, dynamic_ncols=True):
+    for cfg in progress_bar(chosen, desc="measure", disable=not progress, dynamic_ncols=True):
         measured = cached_step(step_file(out, "measure", shape_name(cfg)),
                                lambda: measured_row(cfg, measure_latency(cfg, device)))
         rows.append({**dict.fromkeys(columns), **measured})

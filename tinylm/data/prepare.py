@@ -45,6 +45,7 @@ from tinylm.config import DataConfig
 from tinylm.data.corpus import describe_source, iter_documents, iter_parts
 from tinylm.errors import TinyLMError
 from tinylm.files import replace_folder
+from tinylm.progress import progress_bar
 from tinylm.tokenizer import FILENAME, PATCHES, Tokenizer, byte_tokenizer, patch_tokenizer, tokenizer_of, train_bpe
 
 FORMAT_VERSION = 1  # part of every cache key: bump it when the prepared output changes
@@ -70,8 +71,8 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Tokenizer, val_fraction
     try:
         dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
         pieces = split_pieces(iter_parts(source, text_field), piece_chars)
-        with tqdm(total=_progress_total(description), unit="B", unit_scale=True, unit_divisor=1024,
-                  desc="tokenizing", disable=not progress, leave=False) as bar:
+        with progress_bar(total=_progress_total(description), unit="B", unit_scale=True, unit_divisor=1024,
+                          desc="tokenizing", disable=not progress, leave=False) as bar:
             splits = _write_splits(pieces, staging, tokenizer, dtype, val_fraction, _worker_count(workers), bar)
         meta = {"dtype": dtype.name, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
                 "splits": splits, "source": _source_summary(description), "tokenizer": tokenizer.kind,

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from tqdm.auto import tqdm
 
 from tinylm.checkpoint import load_checkpoint
 from tinylm.data import TokenData, prepare_cached
@@ -24,6 +23,7 @@ from tinylm.errors import TinyLMError
 from tinylm.eval.likelihood import loglikelihoods, rolling_requests
 from tinylm.formats import load_model
 from tinylm.model import generate, sum_nats
+from tinylm.progress import progress_bar
 from tinylm.tokenizer import N_SYMBOLS, PATCHES
 
 
@@ -41,8 +41,8 @@ def evaluate(run: str | Path, max_tokens: int | None = None, batch_size: int | N
     max_tokens = cfg.eval.max_tokens if max_tokens is None else max_tokens
     batch_size = batch_size or cfg.eval.batch_size
     n = min(max_tokens or len(data.val), len(data.val))
-    batches = tqdm(data.val_batches(batch_size, cfg.model.max_seq_len, max_tokens), disable=not progress,
-                   total=math.ceil(n / cfg.model.max_seq_len / batch_size) + 1, desc="eval", unit="batch")
+    batches = progress_bar(data.val_batches(batch_size, cfg.model.max_seq_len, max_tokens), disable=not progress,
+                           total=math.ceil(n / cfg.model.max_seq_len / batch_size) + 1, desc="eval", unit="batch")
     nats, count = sum_nats(ckpt.model, batches)
     loss = nats / count
     return {"checkpoint": str(ckpt.path), "val_loss": loss, "perplexity": math.exp(loss),

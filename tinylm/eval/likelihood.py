@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import torch
-from tqdm.auto import tqdm
 
 from tinylm.errors import TinyLMError
 from tinylm.model import KVCache, Transformer
+from tinylm.progress import progress_bar
 from tinylm.tokenizer import Tokenizer
 
 Request = tuple[list[int], list[int]]  # (context tokens, continuation tokens)
@@ -127,7 +127,7 @@ def loglikelihoods(model: Transformer, requests: list[Request], batch_size: int 
         width = len(context) - len(head) + longest - 1
         rows += [_Row(i, head, list(context[len(head):]) + cont[:-1], cont, width) for i, cont in continuations]
     rows.sort(key=lambda r: (len(r.head), r.width, r.head, -len(r.tail)))
-    with tqdm(total=len(rows), disable=not progress, desc=desc, unit="req") as bar:
+    with progress_bar(total=len(rows), disable=not progress, desc=desc, unit="req") as bar:
         for batch in _batches(rows, batch_size, model.cfg.vocab_size):
             for row, score in zip(batch, _score_batch(model, batch)):
                 results[row.index] = score

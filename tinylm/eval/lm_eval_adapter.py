@@ -33,13 +33,13 @@ from pathlib import Path
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
-from tqdm.auto import tqdm
 
 from tinylm.errors import TinyLMError
 from tinylm.eval import flag_prompt_end
 from tinylm.eval.likelihood import encode_requests, loglikelihoods, rolling_requests
 from tinylm.formats import load_model
 from tinylm.model import generate
+from tinylm.progress import progress_bar
 from tinylm.tokenizer import PATCHES
 
 DEFAULT_BATCH_SIZE = 32  # used for lm_eval's "auto"
@@ -90,7 +90,7 @@ class TinyLMEval(LM):
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         outputs = []
-        for request in tqdm(requests, disable=disable_tqdm, desc="generating", unit="req"):
+        for request in progress_bar(requests, disable=disable_tqdm, desc="generating", unit="req"):
             context, gen_kwargs = request.args
             text = self._generate(context, dict(gen_kwargs))
             self.cache_hook.add_partial("generate_until", request.args, text)

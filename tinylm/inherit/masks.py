@@ -19,13 +19,13 @@ import math
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from tinylm.config import ModelConfig
 from tinylm.inherit.importance import Batches, removing_hooks
 from tinylm.inherit.select import WidthScores
 from tinylm.model import Transformer, resolved_ffn_hidden
 from tinylm.model.llama import head_dim
+from tinylm.progress import progress_bar
 
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1  # hard-concrete temperature and stretch interval
 
@@ -85,7 +85,7 @@ def learned_scores(model: Transformer, child: ModelConfig, calib: Batches, steps
     gates.train()
     try:
         with removing_hooks(handles):
-            for step in tqdm(range(steps), desc="learning masks", disable=not progress, unit="step"):
+            for step in progress_bar(range(steps), desc="learning masks", disable=not progress, unit="step"):
                 x, y = calib[step % len(calib)]
                 z.update({name: g() for name, g in gates.items()})
                 loss = model(x, y)

@@ -33,18 +33,27 @@ def generate(model: Transformer | ByteTransformer, prompt: list[int], max_new_to
     """Continue `prompt` (token ids); returns only the new ids, stopping after EOS, after max_new_tokens or
     as soon as `stop(new ids)` is true (a stop string appeared, say).
 
-    temperature 0 is greedy decoding. The prompt is truncated from the left to fit the context.
+    temperature 0 is greedy decoding. The prompt is truncated from the left to fit the context. When the
+    context is full, generation slides: the cache is re-filled from the last max_seq_len // 2 tokens (prompt
+    and output alike) and decoding continues from there, so exactly max_new_tokens come out unless EOS or
+    `stop` ends them sooner.
     """
     model.eval()
     device = model.embed.weight.device
     max_len = model.cfg.max_seq_len
+    # nanoGPT, without a cache, re-reads the last max_seq_len tokens for every new one. Keeping half the window
+    # re-prefills once per max_len // 2 new tokens instead, at the cost of shorter context just after a slide.
+    keep = max(1, max_len // 2)
+
+    def prefill(context: list[int]) -> tuple[ByteCache | KVCache, torch.Tensor]:
+        cache = (ByteCache if isinstance(model, ByteTransformer) else KVCache)(
+            model.cfg, 1, max_len, device, model.embed.weight.dtype)
+        return cache, model(torch.tensor([context], device=device), cache=cache, start=0)[:, -1]
+
     prompt = prompt[-(max_len - 1):] if prompt else [eos_id if eos_id is not None else 0]
-    max_new_tokens = min(max_new_tokens, max_len - len(prompt))
-    cache = (ByteCache if isinstance(model, ByteTransformer) else KVCache)(
-        model.cfg, 1, max_len, device, model.embed.weight.dtype)
-    logits = model(torch.tensor([prompt], device=device), cache=cache, start=0)[:, -1]
+    cache, logits = prefill(prompt)
     pos, out = len(prompt), []
-    for _ in range(max_new_tokens):
+    while len(out) < max_new_tokens:
         if temperature == 0:
             nxt = logits.argmax(-1, keepdim=True)
         else:
@@ -52,8 +61,13 @@ def generate(model: Transformer | ByteTransformer, prompt: list[int], max_new_to
             nxt = torch.multinomial(probs, 1, generator=generator)
         token = int(nxt)
         out.append(token)
-        if token == eos_id or pos >= max_len or (stop is not None and stop(out)):
+        if token == eos_id or len(out) == max_new_tokens or (stop is not None and stop(out)):
             break
-        logits = model(nxt.view(1, 1), cache=cache, start=pos)[:, -1]
-        pos += 1
+        if pos == max_len:
+            context = (prompt + out)[-keep:]
+            cache, logits = prefill(context)
+            pos = len(context)
+        else:
+            logits = model(nxt.view(1, 1), cache=cache, start=pos)[:, -1]
+            pos += 1
     return out

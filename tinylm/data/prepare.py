@@ -292,7 +292,7 @@ def _progress_total(description: dict) -> int | None:
     """Bytes the progress bar will count, when file sizes tell it: plain text files only."""
     if description["kind"] == "builtin":
         return None
-    if any(path.lower().endswith((".jsonl", ".parquet")) for path, _, _ in description["files"]):
+    if any(path.lower().endswith((".jsonl", ".parquet", ".arrow")) for path, _, _ in description["files"]):
         return None
     return sum(size for _, size, _ in description["files"])
 

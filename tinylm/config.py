@@ -58,7 +58,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    path: str = ""  # text file, folder, .jsonl, .parquet or a prepared shard folder; "" = built-in corpus
+    path: str = ""  # text file, folder, .jsonl, .parquet or a prepared shard folder; "" = built-in corpus;
+    # hf:NAME[:CONFIG][:SPLIT], a save_to_disk folder or a folder of parquet shards (data/hf.py)
     tokenizer: str = "bpe"  # "byte", "bpe" (trained on the corpus), a tokenizer.json path, or "patches:" and bpe or a
     # path: bytes flagged at that BPE's token ends (for model.patching=predicted)
     vocab_size: int = 4096  # for tokenizer=bpe
@@ -109,6 +110,10 @@ class TrainConfig:
     ckpt_every: int = 500
     log_every: int = 10
     peak_tflops: float = 0.0  # for MFU; 0 = look up the device
+    # experiment tracking beside metrics.jsonl (train/loggers.py): tensorboard, wandb, both, or none
+    log_to: list[str] = field(default_factory=list)  # a list or a comma string: "tensorboard,wandb"
+    wandb_project: str = "tinylm"
+    wandb_mode: str = "offline"  # offline: written to <run>/wandb, uploaded later by `wandb sync` | online
     # knowledge distillation (train/objectives.py)
     distill_teacher: str = ""  # "" = plain next-token CE; else a tinylm run, Hugging Face folder or GGUF file
     distill_loss: str = "forward"  # forward KL(p||q) | reverse KL(q||p) | skew KL(p || s*p + (1-s)*q)
@@ -162,7 +167,8 @@ def _unknown_key(key: str, cls=Config) -> TinyLMError:
     return TinyLMError(f"unknown config key '{key}'{hint}")
 
 
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               list[str]: "a list of names or a comma-separated string"}
 
 
 def _coerce(key: str, value, typ):
@@ -180,6 +186,11 @@ def _coerce(key: str, value, typ):
     elif typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+    elif typ == list[str]:
+        if isinstance(value, str):  # "a,b" from the command line
+            return [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return list(value)
     raise TinyLMError(f"config key '{key}' needs {_TYPE_NAMES[typ]}, got {value!r}")
 
 

@@ -32,6 +32,7 @@ from tinylm.errors import TinyLMError
 from tinylm.model import Transformer, build_model, sum_nats
 from tinylm.progress import progress_bar
 from tinylm.tokenizer import PATCHES, Tokenizer
+from tinylm.train.loggers import TRACKER_DIRS, open_loggers, trackers
 from tinylm.train.objectives import Batch, build_objective
 from tinylm.train.optim import build_optimizer, peak_lrs
 from tinylm.train.perf import peak_flops
@@ -97,7 +98,7 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 
 def remove_run(run_dir: Path) -> None:
-    for name in (CHECKPOINT, "metrics.jsonl", "loss.png", ROUNDS_DIR):
+    for name in (CHECKPOINT, "metrics.jsonl", "loss.png", ROUNDS_DIR, *TRACKER_DIRS):
         target = run_dir / name
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
 
@@ -177,6 +178,7 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
         raise TinyLMError(str(e))
     optimizer = build_optimizer(model, cfg, device)
     objective = build_objective(cfg, tokenizer, device)  # before the run directory is touched: it may fail
+    trackers(tc)  # likewise: an unknown tracker or a missing package fails here
     peak_lr = peak_lrs(cfg)[0]  # AdamW's, as logged
     step, tokens, seconds = 0, 0, 0.0
     skipped, bad_steps = 0, 0  # steps skipped for a non-finite loss or gradient: in all, and in a row now
@@ -203,12 +205,11 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
         cfg.save(run_dir / "config.yaml")
         tokenizer.save(run_dir)
         _trim_metrics(run_dir / "metrics.jsonl", step)
-    metrics = open(run_dir / "metrics.jsonl", "a") if run_dir is not None else None
+    loggers = open_loggers(cfg, run_dir, step)  # metrics.jsonl and train.log_to's trackers
 
     def log(record: dict) -> None:
-        if metrics is not None:
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
+        for logger in loggers:
+            logger.log(record)
 
     def checkpoint() -> None:
         nonlocal saved_step
@@ -321,8 +322,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     except KeyboardInterrupt:
         checkpoint()
         bar.close()
-        if metrics is not None:
-            metrics.close()
+        for logger in loggers:
+            logger.close()
         raise
     bar.close()
     train_seconds = seconds
@@ -336,7 +337,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
         log({"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "tokens": tokens})
     log({"step": step, "summary": True, "tokens_per_s": round(rate, 1), "mfu": mfu, "peak_flops": peak,
          "skipped_total": skipped})
-    if metrics is not None:
-        metrics.close()
+    for logger in loggers:
+        logger.close()
+    if run_dir is not None:
         plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
     return TrainResult(step, tokens, train_seconds, rate, mfu, peak, val_loss, val_bpb, params)

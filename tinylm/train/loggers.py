@@ -4,8 +4,9 @@ The loop's records are dicts with a "step": a loss line (loss, the objective's n
 a validation score, a skipped step, and the final summary ("summary": true). Every logger receives every
 record and keeps what it can show: metrics.jsonl keeps each record whole; the trackers keep the numbers,
 each under its metrics.jsonl name, at the record's step (the summary's under summary/ in TensorBoard and in
-the run summary in W&B). `open_loggers` is the one place loggers are made, so a multi-process run can make
-them on one rank only.
+the run summary in W&B). W&B keeps one value per name and step, so where the loop logs a name twice at one
+step (the periodic and the final validation at the last step) it shows the later. `open_loggers` is the one
+place loggers are made, so a multi-process run can make them on one rank only.
 
 Resuming. metrics.jsonl is trimmed to the checkpoint's step by the loop; TensorBoard is told to drop the
 events an earlier session wrote after that step (purge_step). A W&B run cannot be rewound offline, so

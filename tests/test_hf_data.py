@@ -110,8 +110,8 @@ def test_the_hub_offline_is_a_one_line_error(cli, tmp_path):
     code, out, err = cli("data", "prepare", "hf:nobody/no-such-stories", "--out", tmp_path / "out",
                          "--tokenizer", "byte")
     assert code != 0
-    assert err.strip() == ("tinylm: error: cannot reach the Hugging Face Hub for 'nobody/no-such-stories'; download it where "
-                           "there is a network and pass the folder (save_to_disk) instead")
+    assert err.strip() == ("tinylm: error: cannot reach the Hugging Face Hub for 'nobody/no-such-stories'; "
+                           "download it where there is a network and pass the folder (save_to_disk) instead")
     assert not (tmp_path / "out").exists()
 
 

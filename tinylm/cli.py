@@ -344,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("prepare", help="tokenize a corpus into memory-mapped train/val shards")
-    p.add_argument("source", nargs="?", default="", help="text file, folder, .jsonl or .parquet (default: built-in corpus)")
+    p.add_argument("source", nargs="?", default="", help="text file, folder, .jsonl, .parquet, "
+                   "hf:NAME[:CONFIG][:SPLIT] or a save_to_disk folder (default: built-in corpus)")
     p.add_argument("--out", required=True)
     p.add_argument("--tokenizer", default="bpe", help="byte | bpe (trained on the corpus) | path to tokenizer.json | "
                                                       "patches:(bpe or a path): bytes flagged at that BPE's token ends")

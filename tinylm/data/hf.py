@@ -112,10 +112,10 @@ def _folder_kind(root: Path) -> str | None:
 
 
 def _visible_files(root: Path) -> Iterator[str]:
-    """Relative paths of the files under `root`, hidden files and folders skipped, in sorted order."""
+    """Relative paths of the files under `root`, hidden files and folders skipped, as the walk finds them."""
     for folder, subfolders, names in os.walk(root):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-        for name in sorted(names):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in names:
             if not name.startswith("."):
                 yield os.path.relpath(os.path.join(folder, name), root)
 
@@ -129,7 +129,9 @@ def split_of(relative_path: str) -> str:
 
 def _parquet_files(source: HFSource) -> list[Path]:
     root = Path(source.name)
-    shards = [name for name in _visible_files(root) if name.lower().endswith(".parquet")]
+    # the order corpus.py reads a folder in, so a folder of parquet files reads as it did before shards were split
+    shards = sorted((name for name in _visible_files(root) if name.lower().endswith(".parquet")),
+                    key=lambda name: Path(name).parts)
     chosen = [root / name for name in shards if split_of(name) == source.split]
     if not chosen:
         splits = sorted({split_of(name) for name in shards})

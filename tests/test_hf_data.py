@@ -115,6 +115,12 @@ def test_the_hub_offline_is_a_one_line_error(cli, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_dataset_without_text_is_an_error(tmp_path):
+    table(["", ""]).save_to_disk(str(tmp_path / "empty"))
+    with pytest.raises(TinyLMError, match="has no text in column 'text'"):
+        list(iter_documents(str(tmp_path / "empty")))
+
+
 def test_a_malformed_hf_path_says_the_form(tmp_path):
     with pytest.raises(TinyLMError, match=r"not of the form hf:NAME\[:CONFIG\]\[:SPLIT\]"):
         list(iter_documents("hf:a:b:c:d"))

@@ -1,6 +1,7 @@
 """Data: reading corpora, tokenizing them into train/val token splits on disk, loading batches.
 
 corpus.py reads text (the built-in corpus, files, folders, .jsonl, .parquet);
+hf.py reads Hugging Face datasets (hf:NAME, save_to_disk folders, parquet shards) for it;
 prepare.py tokenizes it into the on-disk format and caches prepared folders;
 tokens.py memory-maps the splits and draws training and validation batches.
 Uses tinylm.tokenizer; must not import tinylm.model or training.

@@ -1,5 +1,5 @@
 """Training: the optimisation loop, its objectives (CE, distillation), schedules,
-throughput/MFU accounting and the loss plot.
+throughput/MFU accounting, the loss plot and the loggers (metrics.jsonl, TensorBoard, W&B).
 
 Uses the model and data packages, and reads a distillation teacher through
 tinylm.formats; writes run directories through tinylm.checkpoint. Must not

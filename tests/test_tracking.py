@@ -5,6 +5,7 @@ back from that folder, as TensorBoard's are from its event file."""
 
 import json
 import struct
+import sys
 
 import pytest
 
@@ -177,7 +178,7 @@ def test_an_unknown_tracker_fails_before_an_old_run_is_touched(tmp_path, module_
 
 
 def test_a_missing_tracker_package_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(loggers.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setitem(sys.modules, "wandb", None)  # how Python marks a module that cannot be imported
     with pytest.raises(TinyLMError, match="needs the wandb package; install it with: pip install wandb"):
         loggers.trackers(load_config(overrides=["train.log_to=none,wandb"]).train)
 

@@ -253,5 +253,7 @@ def test_a_rank_that_dies_stops_the_job_with_a_message(workdir):
         job.kill()
     assert time.monotonic() - killed < 60
     assert job.returncode != 0
-    assert "tinylm: error: rank 1 was killed by SIGKILL; the other ranks were stopped" in err
+    assert "rank 1 was killed by SIGKILL" in err and "the other ranks were stopped" in err
+    assert "continue with --resume" in err
+    assert "Traceback" not in err
     assert load_checkpoint(workdir / "dies", with_state=True).state["step"] >= 3

@@ -23,7 +23,8 @@ from tinylm.checkpoint import load_checkpoint
 from tinylm.config import TrainConfig, load_config
 from tinylm.data import TokenData, prepare_cached
 from tinylm.errors import TinyLMError
-from tinylm.eval import evaluate
+from tinylm.eval import evaluate, text_bits_per_byte
+from tinylm.eval.harness import run_benchmarks
 from tinylm.tokenizer import Tokenizer
 from tinylm.train import StepInfo, train
 from tinylm.train.optim import build_optimizer
@@ -60,6 +61,23 @@ try:
 except KeyboardInterrupt:
     pass
 distributed.stop()
+"""
+
+
+# evaluation on every rank: RUN's validation split and TEXT as library calls, TASK through the command line
+EVAL_WORKER = """
+import json, sys
+from tinylm import distributed
+from tinylm.cli import main
+from tinylm.eval import evaluate, text_bits_per_byte
+
+run, text, task, out = sys.argv[1:]
+distributed.start("cpu", 60)
+report = {"val": evaluate(run, batch_size=3, progress=False),
+          "text": text_bits_per_byte(run, text, batch_size=8, progress=False)}
+if distributed.is_main():
+    open(out, "w").write(json.dumps(report))
+main(["eval", run, "--tasks", task, "--batch-size", "3", "--json", out + ".tasks"])
 """
 
 
@@ -100,6 +118,7 @@ def workdir(tmp_path_factory) -> Path:
              for i in range(400)]
     (work / "corpus.txt").write_text("\n".join(lines) + "\n")
     (work / "worker.py").write_text(WORKER)
+    (work / "eval_worker.py").write_text(EVAL_WORKER)
     cfg = config(work)
     data_dir = prepare_cached(cfg.data, progress=False)
     train(cfg, TokenData.load(data_dir), Tokenizer.load(data_dir), work / "one", progress=False)
@@ -205,16 +224,26 @@ def test_a_one_process_checkpoint_resumes_on_two_fsdp_ranks(workdir):
 
 
 @pytest.mark.slow
-def test_eval_on_two_ranks_sums_to_the_one_process_numbers(workdir):
-    result = torchrun(2, "-m", "tinylm", "eval", workdir / "one", "--json", "two.json", "--batch-size", 3,
-                      cwd=workdir)
+def test_evaluation_on_two_ranks_equals_one_process(workdir):
+    """The validation split, a text and a task, each scored in shares by 2 ranks, sum to the 1-process numbers
+    (float64 sums in another order, hence rel=1e-9); the task goes through the command, which prints once."""
+    text = workdir / "text.txt"
+    text.write_text("".join((workdir / "corpus.txt").read_text().splitlines(keepends=True)[:40]))
+    task = workdir / "task.jsonl"
+    task.write_text("".join(json.dumps({"context": f"Line {i}: the quick brown", "choices": ["fox", "dog", "cat"],
+                                        "gold": i % 3}) + "\n" for i in range(7)))  # 7: ranks get 4 and 3
+    result = torchrun(2, workdir / "eval_worker.py", workdir / "one", text, task, "two.json", cwd=workdir)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("val loss") == 1  # rank 0 reports
+    assert result.stdout.count(" items in ") == 1  # one table: rank 0 prints
     two = json.loads((workdir / "two.json").read_text())
-    one = evaluate(workdir / "one", batch_size=3, progress=False)
-    assert two["tokens"] == one["tokens"]
-    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-9)  # float64 sums in another order
-    assert two["bits_per_byte"] == pytest.approx(one["bits_per_byte"], rel=1e-9)
+    tasks = json.loads((workdir / "two.json.tasks").read_text())["tasks"]["task"]
+    one = {"val": evaluate(workdir / "one", batch_size=3, progress=False),
+           "text": text_bits_per_byte(workdir / "one", text, batch_size=8, progress=False)}
+    one_tasks = run_benchmarks(workdir / "one", [str(task)], batch_size=3, progress=False)["tasks"]["task"]
+    assert two["val"]["tokens"] == one["val"]["tokens"] and two["text"]["tokens"] == one["text"]["tokens"]
+    for kind, key in (("val", "val_loss"), ("val", "bits_per_byte"), ("text", "loss"), ("text", "bits_per_byte")):
+        assert two[kind][key] == pytest.approx(one[kind][key], rel=1e-9)
+    assert (tasks["items"], tasks["acc"], tasks["acc_norm"]) == (7, one_tasks["acc"], one_tasks["acc_norm"])
 
 
 def _descendants(pid: int) -> list[int]:

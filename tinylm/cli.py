@@ -160,33 +160,36 @@ def cmd_arch_sweep(a: argparse.Namespace) -> None:
 def cmd_eval(a: argparse.Namespace) -> None:
     if a.tasks and a.text:
         raise TinyLMError("give --tasks or --text, not both")
+    from tinylm import distributed
+    from tinylm.config import TrainConfig
+
+    # under torchrun the ranks score shares of the items, windows or batches; rank 0 reports the total
+    device = distributed.device_for(a.device)
+    distributed.start(device, TrainConfig.parallel_timeout)
+    main = distributed.is_main()
     if a.tasks:
         from tinylm.eval.harness import format_table, run_benchmarks
 
         report = run_benchmarks(a.run, [t.strip() for t in a.tasks.split(",") if t.strip()], limit=a.limit,
-                                batch_size=a.batch_size or 32, device=a.device, source=a.source)
-        print(format_table(report))
+                                batch_size=a.batch_size or 32, device=device, source=a.source, progress=main)
+        text = format_table(report)
     elif a.text:
         from tinylm.eval import text_bits_per_byte
 
-        report = text_bits_per_byte(a.run, a.text, stride=a.stride, batch_size=a.batch_size or 8, device=a.device)
-        print(f"loss {report['loss']:.4f} nats/token | perplexity {report['perplexity']:.2f} | "
-              f"{report['bits_per_byte']:.4f} bits/byte  ({report['tokens']:,} tokens, {report['bytes']:,} bytes)")
+        report = text_bits_per_byte(a.run, a.text, stride=a.stride, batch_size=a.batch_size or 8, device=device,
+                                    progress=main)
+        text = (f"loss {report['loss']:.4f} nats/token | perplexity {report['perplexity']:.2f} | "
+                f"{report['bits_per_byte']:.4f} bits/byte  ({report['tokens']:,} tokens, {report['bytes']:,} bytes)")
     else:
-        from tinylm import distributed
-        from tinylm.config import TrainConfig
         from tinylm.eval import evaluate
 
-        # under torchrun the ranks score shares of the split; rank 0 reports the total
-        device = distributed.device_for(a.device)
-        distributed.start(device, TrainConfig.parallel_timeout)
-        report = evaluate(a.run, max_tokens=a.max_tokens, batch_size=a.batch_size, device=device)
-        main = distributed.is_main()
-        distributed.stop()
-        if not main:
-            return
-        print(f"val loss {report['val_loss']:.4f} nats/token | perplexity {report['perplexity']:.2f} | "
-              f"{report['bits_per_byte']:.4f} bits/byte  ({report['tokens']:,} tokens)")
+        report = evaluate(a.run, max_tokens=a.max_tokens, batch_size=a.batch_size, device=device, progress=main)
+        text = (f"val loss {report['val_loss']:.4f} nats/token | perplexity {report['perplexity']:.2f} | "
+                f"{report['bits_per_byte']:.4f} bits/byte  ({report['tokens']:,} tokens)")
+    distributed.stop()
+    if not main:
+        return
+    print(text)
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2) + "\n")
 

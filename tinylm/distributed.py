@@ -156,6 +156,15 @@ def share(items: Iterable) -> Iterator:
             yield item
 
 
+def gather_shares(mine: list) -> list:
+    """The whole list, in its order, from every rank's `share` of it (the same list on every rank)."""
+    if not active():
+        return mine
+    parts: list = [None] * world_size()
+    dist.all_gather_object(parts, mine)
+    return [part[i] for i in range(len(parts[0])) for part in parts if i < len(part)]
+
+
 def share_batches(batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's (inputs, targets) batches, as `share`. Where the last round of batches has fewer than one
     per rank, the ranks left over get a copy with every target masked (-1): it adds nothing to a loss sum, but

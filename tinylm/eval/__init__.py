@@ -74,7 +74,10 @@ def text_bits_per_byte(model: str | Path, source: str | Path, stride: int | None
     tokens = sum(len(continuation) for _, continuation in requests)
     if not tokens:
         raise TinyLMError(f"'{source}' holds no text to score")
-    nats = -sum(logprob for logprob, _ in loglikelihoods(loaded.model, requests, batch_size, progress))
+    # under torchrun each rank scores every N-th window and the sums are added up
+    mine = list(distributed.share(requests))
+    nats = -sum(logprob for logprob, _ in loglikelihoods(loaded.model, mine, batch_size, progress))
+    nats = distributed.sum_over_ranks(nats, 0)[0]
     return {"model": str(model), "text": str(source), "documents": documents, "bytes": n_bytes, "tokens": tokens,
             "window": max_len, "stride": stride or max_len, "loss": nats / tokens,
             "perplexity": math.exp(nats / tokens), "bits_per_byte": nats / math.log(2) / n_bytes}

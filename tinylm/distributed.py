@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import signal
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -324,8 +325,14 @@ def launch(nproc: int, argv: list[str]) -> None:
     try:
         run(args)
     except ChildFailedError as e:
+        # SIGTERM is torchrun stopping the ranks left once one has failed: a consequence, not a cause
+        causes = [f for f in e.failures.values() if f.exitcode != -signal.SIGTERM]
+        if causes and all(f.exitcode == 2 for f in causes):
+            raise SystemExit(2)  # ranks stopped on a user error, which they have printed
+        # a rank killed by a signal is the likely cause; those that saw it go came after
+        ordered = sorted(e.failures.items(), key=lambda item: (item[1].exitcode >= 0, item[0]))
         failures = ", ".join(
             f"rank {r} {f'was killed by {f.signal_name()}' if f.exitcode < 0 else f'exited with code {f.exitcode}'}"
-            for r, f in sorted(e.failures.items()))
+            for r, f in ordered)
         raise TinyLMError(f"{failures}; the other ranks were stopped. The last checkpoint is intact: fix the cause "
                           f"and continue with --resume") from None

@@ -10,6 +10,9 @@ Numerical faults: a step whose summed loss or gradient norm is NaN/inf is skippe
 still counts (its tokens, its place in the schedule and in the data order), so a run's length and exact resume
 do not depend on faults; only the weights and optimizer state are left as they were. Each skip is logged at
 once; train.max_bad_steps in a row end the run, leaving the checkpoint from before them.
+
+Several processes (torchrun, `tinylm train --nproc N`): tinylm/distributed.py holds the machinery; the
+lines marked "distributed:" are all it changes here, and in one process they do what they did before.
 """
 
 from __future__ import annotations
@@ -342,6 +345,7 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     train_seconds = seconds
     checkpoint()
     peak = tc.peak_tflops * 1e12 if tc.peak_tflops else peak_flops(device)
+    peak *= distributed.world_size()  # distributed: MFU is of all the ranks' devices together
     rate = tokens / train_seconds if train_seconds else 0.0
     mfu = model.flops_per_token(seq_len) * rate / peak
     if not (tc.eval_every and step % tc.eval_every == 0 and tc.eval_tokens == cfg.eval.max_tokens):

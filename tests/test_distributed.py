@@ -164,6 +164,12 @@ def test_an_unknown_parallel_kind_is_refused():
         distributed.Parallel.for_run(TrainConfig(parallel="zero3"))
 
 
+def test_nproc_must_be_at_least_one(cli, tmp_path):
+    code, _, err = cli("train", "--nproc", "0", "--out", tmp_path / "run")
+    assert code == 2 and "--nproc 0: give the number of processes" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_optimizer_state_by_name_and_by_position_round_trip(small_cfg):
     from tinylm.config import Config
     from tinylm.model import Transformer

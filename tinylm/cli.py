@@ -40,7 +40,9 @@ def _split_recipe(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    if a.nproc:
+    if a.nproc is not None:
+        if a.nproc < 1:
+            raise TinyLMError(f"--nproc {a.nproc}: give the number of processes to train in, 1 or more")
         from tinylm.distributed import launch
 
         launch(a.nproc, _train_argv(a))
@@ -332,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--init", metavar="RUN_DIR", help="start from the weights of another run (e.g. one made by "
                    "`tinylm inherit`); its model shape, tokenizer and data are the defaults")
-    p.add_argument("--nproc", type=int, default=0, metavar="N",
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="train data-parallel in N processes on this machine (one per GPU; gloo on CPU), as "
                         "`torchrun --standalone --nproc_per_node N -m tinylm train ...` would; train.grad_accum must "
                         "be a multiple of N. train.parallel=fsdp shards the model instead of copying it")

@@ -30,6 +30,7 @@ import signal
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -92,11 +93,6 @@ def main_first() -> Iterator[None]:
         dist.barrier()
 
 
-def barrier() -> None:
-    if active():
-        dist.barrier()
-
-
 def lost_peer(error: BaseException) -> TinyLMError | None:
     """A one-line error for a collective that failed because another rank died or stopped answering."""
     if not active() or not (isinstance(error, dist.DistError) or "gloo" in str(error).lower()):
@@ -118,15 +114,22 @@ def micro_indices(grad_accum: int) -> list[int]:
 
 def seed_micro_batch(seed: int, index: int) -> None:
     """Dropout masks of micro-batch `index`, the same whichever rank computes it."""
-    torch.manual_seed(seed * 1_000_003 + index)  # a large prime keeps (seed, index) pairs from colliding
+    # hashed as the data draws are (numpy's SeedSequence), so no two (seed, index) pairs share a seed
+    torch.manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0]))
+
+
+def _collective_device() -> torch.device:
+    """Where tensors for a collective must live: NCCL reduces only GPU tensors, gloo CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Element-wise sum over the ranks (the tensor itself in a 1-process run)."""
-    if active():
-        values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
+    """Element-wise sum over the ranks (the tensor itself in a 1-process run), on the tensor's device."""
+    if not active():
+        return values
+    total = values.to(_collective_device(), copy=True)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.to(values.device)
 
 
 def same_on_all_ranks(value: float) -> float:
@@ -134,7 +137,7 @@ def same_on_all_ranks(value: float) -> float:
     or one would stop while the others wait for it."""
     if not active():
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
     dist.broadcast(t, src=0)
     return float(t)
 

@@ -20,6 +20,7 @@ EPILOG_TRAIN = """examples:
   tinylm train recipes/quickstart.yaml model.n_layer=6 train.lr=3e-3
   tinylm train data.path=corpus.txt data.tokenizer=byte train.max_seconds=600
   tinylm train --out runs/qs --resume           # continue from the last checkpoint
+  tinylm train recipes/quickstart.yaml --nproc 2 train.grad_accum=2   # 2 processes (torchrun), DDP
 """
 
 
@@ -39,6 +40,14 @@ def _split_recipe(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
+    if a.nproc is not None:
+        if a.nproc < 1:
+            raise TinyLMError(f"--nproc {a.nproc}: give the number of processes to train in, 1 or more")
+        from tinylm.distributed import launch
+
+        launch(a.nproc, _train_argv(a))
+        return
+    from tinylm import distributed
     from tinylm.checkpoint import CHECKPOINT
     from tinylm.config import load_config
     from tinylm.data import TokenData, prepare_cached
@@ -61,17 +70,33 @@ def cmd_train(a: argparse.Namespace) -> None:
         cfg = load_config(recipe, overrides, base=_init_base(a.init) if a.init else None)
     if cfg.data.tokenizer in ("bpe", "byte") or cfg.data.tokenizer.startswith(f"{PATCHES}:"):
         check_tokenizer(cfg, cfg.data.tokenizer.split(":")[0])  # before data is prepared for nothing
-    data_dir = prepare_cached(cfg.data)
+    # under torchrun: join the other ranks once every rank has checked the run directory, before rank 0 changes it
+    distributed.start(distributed.device_for(cfg.train.device), cfg.train.parallel_timeout)
+    with distributed.main_first():  # ranks share the data cache: one prepares it
+        data_dir = prepare_cached(cfg.data, progress=distributed.is_main())
     data, tokenizer = TokenData.load(data_dir), Tokenizer.load(data_dir)
     try:
-        result = train(cfg, data, tokenizer, out, resume=a.resume, init_from=a.init, overwrite=a.overwrite)
+        result = train(cfg, data, tokenizer, out, resume=a.resume, init_from=a.init, overwrite=a.overwrite,
+                       progress=distributed.is_main())
     except KeyboardInterrupt:
         print(f"\ninterrupted; checkpoint saved. Continue with: tinylm train --out {out} --resume", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        raise distributed.lost_peer(e) or e
+    main = distributed.is_main()
+    distributed.stop()
+    if not main:
+        return
     print(f"done: {result.steps} steps, {result.tokens:,} tokens in {result.seconds:.0f} s "
           f"({result.tokens_per_second:,.0f} tokens/s, MFU {100 * result.mfu:.1f}% of {result.peak_flops / 1e12:.2f} TFLOP/s)")
     print(f"validation: loss {result.val_loss:.4f} nats/token, {result.val_bits_per_byte:.4f} bits/byte")
     print(f"run saved in {out} (checkpoint/, metrics.jsonl, loss.png)")
+
+
+def _train_argv(a: argparse.Namespace) -> list[str]:
+    """The `tinylm train` arguments each worker of --nproc gets: the same, less --nproc."""
+    argv = ["train", *a.args, *(["--out", a.out] if a.out else []), *(["--init", a.init] if a.init else [])]
+    return argv + [flag for flag, on in (("--resume", a.resume), ("--overwrite", a.overwrite)) if on]
 
 
 def _init_base(init: str) -> dict:
@@ -137,24 +162,36 @@ def cmd_arch_sweep(a: argparse.Namespace) -> None:
 def cmd_eval(a: argparse.Namespace) -> None:
     if a.tasks and a.text:
         raise TinyLMError("give --tasks or --text, not both")
+    from tinylm import distributed
+    from tinylm.config import TrainConfig
+
+    # under torchrun the ranks score shares of the items, windows or batches; rank 0 reports the total
+    device = distributed.device_for(a.device)
+    distributed.start(device, TrainConfig.parallel_timeout)
+    main = distributed.is_main()
     if a.tasks:
         from tinylm.eval.harness import format_table, run_benchmarks
 
         report = run_benchmarks(a.run, [t.strip() for t in a.tasks.split(",") if t.strip()], limit=a.limit,
-                                batch_size=a.batch_size or 32, device=a.device, source=a.source)
-        print(format_table(report))
+                                batch_size=a.batch_size or 32, device=device, source=a.source, progress=main)
+        text = format_table(report)
     elif a.text:
         from tinylm.eval import text_bits_per_byte
 
-        report = text_bits_per_byte(a.run, a.text, stride=a.stride, batch_size=a.batch_size or 8, device=a.device)
-        print(f"loss {report['loss']:.4f} nats/token | perplexity {report['perplexity']:.2f} | "
-              f"{report['bits_per_byte']:.4f} bits/byte  ({report['tokens']:,} tokens, {report['bytes']:,} bytes)")
+        report = text_bits_per_byte(a.run, a.text, stride=a.stride, batch_size=a.batch_size or 8, device=device,
+                                    progress=main)
+        text = (f"loss {report['loss']:.4f} nats/token | perplexity {report['perplexity']:.2f} | "
+                f"{report['bits_per_byte']:.4f} bits/byte  ({report['tokens']:,} tokens, {report['bytes']:,} bytes)")
     else:
         from tinylm.eval import evaluate
 
-        report = evaluate(a.run, max_tokens=a.max_tokens, batch_size=a.batch_size, device=a.device)
-        print(f"val loss {report['val_loss']:.4f} nats/token | perplexity {report['perplexity']:.2f} | "
-              f"{report['bits_per_byte']:.4f} bits/byte  ({report['tokens']:,} tokens)")
+        report = evaluate(a.run, max_tokens=a.max_tokens, batch_size=a.batch_size, device=device, progress=main)
+        text = (f"val loss {report['val_loss']:.4f} nats/token | perplexity {report['perplexity']:.2f} | "
+                f"{report['bits_per_byte']:.4f} bits/byte  ({report['tokens']:,} tokens)")
+    distributed.stop()
+    if not main:
+        return
+    print(text)
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2) + "\n")
 
@@ -297,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--init", metavar="RUN_DIR", help="start from the weights of another run (e.g. one made by "
                    "`tinylm inherit`); its model shape, tokenizer and data are the defaults")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train data-parallel in N processes on this machine (one per GPU; gloo on CPU), as "
+                        "`torchrun --standalone --nproc_per_node N -m tinylm train ...` would; train.grad_accum must "
+                        "be a multiple of N. train.parallel=fsdp shards the model instead of copying it")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="bits per byte of a run or a text; zero-shot benchmarks (--tasks)",

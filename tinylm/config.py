@@ -122,6 +122,9 @@ class TrainConfig:
     distill_skew: float = 0.1  # s of the skew KL (DistiLLM); 0 = forward KL
     distill_cache: str = ""  # folder of sampled teacher targets, shared by runs with the same data and batching
     distill_samples: int = 8  # with distill_cache: tokens drawn per position from the teacher at tau
+    # several processes (torchrun, or `tinylm train --nproc N`; tinylm/distributed.py)
+    parallel: str = "ddp"  # ddp: every rank holds the whole model | fsdp: parameters and optimizer state sharded
+    parallel_timeout: float = 600.0  # seconds a rank waits for the others in a collective before it gives up
 
 
 @dataclass
@@ -315,6 +318,7 @@ RANGES: dict[str, Range] = {
     "train.ckpt_every": AT_LEAST_0,
     "train.log_every": AT_LEAST_0,  # 0: no loss lines
     "train.peak_tflops": AT_LEAST_0,
+    "train.parallel_timeout": POSITIVE,
     "eval.max_tokens": AT_LEAST_0,
     "eval.batch_size": AT_LEAST_1,
     "eval.sample_tokens": AT_LEAST_1,

@@ -16,6 +16,7 @@ from typing import Iterator
 
 import torch
 
+from tinylm import distributed
 from tinylm.checkpoint import load_checkpoint
 from tinylm.data import TokenData, prepare_cached
 from tinylm.data.corpus import iter_parts
@@ -30,10 +31,11 @@ from tinylm.tokenizer import N_SYMBOLS, PATCHES
 def evaluate(run: str | Path, max_tokens: int | None = None, batch_size: int | None = None, device: str = "cpu",
              progress: bool = True) -> dict:
     """Validation loss (nats/token), perplexity and bits per byte of a checkpoint on the validation split of
-    the data it was trained on."""
+    the data it was trained on. Under torchrun every rank scores its share of the batches and all get the total."""
     ckpt = load_checkpoint(run, device=device)
     cfg = ckpt.cfg
-    data_dir = prepare_cached(cfg.data, progress=progress)
+    with distributed.main_first():  # ranks share the data cache: one prepares it
+        data_dir = prepare_cached(cfg.data, progress=progress)
     data = TokenData.load(data_dir)
     if data.vocab_size > cfg.model.vocab_size:
         raise TinyLMError(f"data in '{data_dir}' was tokenized with a {data.vocab_size}-token vocabulary but the "
@@ -41,9 +43,10 @@ def evaluate(run: str | Path, max_tokens: int | None = None, batch_size: int | N
     max_tokens = cfg.eval.max_tokens if max_tokens is None else max_tokens
     batch_size = batch_size or cfg.eval.batch_size
     n = min(max_tokens or len(data.val), len(data.val))
-    batches = progress_bar(data.val_batches(batch_size, cfg.model.max_seq_len, max_tokens), disable=not progress,
+    batches = progress_bar(data.val_batches(batch_size, cfg.model.max_seq_len, max_tokens),
+                           disable=not progress or not distributed.is_main(),
                            total=math.ceil(n / cfg.model.max_seq_len / batch_size) + 1, desc="eval", unit="batch")
-    nats, count = sum_nats(ckpt.model, batches)
+    nats, count = distributed.sum_over_ranks(*sum_nats(ckpt.model, distributed.share_batches(batches)))
     loss = nats / count
     return {"checkpoint": str(ckpt.path), "val_loss": loss, "perplexity": math.exp(loss),
             "bits_per_byte": data.bits_per_byte(nats, count), "tokens": count}
@@ -71,7 +74,10 @@ def text_bits_per_byte(model: str | Path, source: str | Path, stride: int | None
     tokens = sum(len(continuation) for _, continuation in requests)
     if not tokens:
         raise TinyLMError(f"'{source}' holds no text to score")
-    nats = -sum(logprob for logprob, _ in loglikelihoods(loaded.model, requests, batch_size, progress))
+    # under torchrun each rank scores every N-th window and the sums are added up
+    mine = list(distributed.share(requests))
+    nats = -sum(logprob for logprob, _ in loglikelihoods(loaded.model, mine, batch_size, progress))
+    nats = distributed.sum_over_ranks(nats, 0)[0]
     return {"model": str(model), "text": str(source), "documents": documents, "bytes": n_bytes, "tokens": tokens,
             "window": max_len, "stride": stride or max_len, "loss": nats / tokens,
             "perplexity": math.exp(nats / tokens), "bits_per_byte": nats / math.log(2) / n_bytes}

@@ -22,6 +22,7 @@ import math
 import time
 from pathlib import Path
 
+from tinylm import distributed
 from tinylm.errors import TinyLMError
 from tinylm.eval.likelihood import encode_requests, loglikelihoods
 from tinylm.eval.tasks import Item, load_task, task_source
@@ -51,14 +52,16 @@ def run_benchmarks(model: str | Path, tasks: list[str], limit: int | None = None
 
 def score_items(loaded: LoadedModel, items: list[Item], batch_size: int = 32, progress: bool = False,
                 desc: str = "scoring") -> list[list[tuple[float, bool]]]:
-    """(log-likelihood, greedy) of every choice of every item."""
+    """(log-likelihood, greedy) of every choice of every item. Under torchrun each rank scores every N-th item
+    (an item's choices stay together: they share their context's forward pass) and all get every score."""
+    items = list(distributed.share(items))
     pairs = [pair for item in items for pair in item.requests()]
     flat = loglikelihoods(loaded.model, encode_requests(loaded.tokenizer, pairs), batch_size, progress, desc)
     scores, start = [], 0
     for item in items:
         scores.append(flat[start:start + len(item.choices)])
         start += len(item.choices)
-    return scores
+    return distributed.gather_shares(scores)
 
 
 def choice_metrics(items: list[Item], scores: list[list[tuple[float, bool]]]) -> dict:

@@ -10,6 +10,9 @@ Numerical faults: a step whose summed loss or gradient norm is NaN/inf is skippe
 still counts (its tokens, its place in the schedule and in the data order), so a run's length and exact resume
 do not depend on faults; only the weights and optimizer state are left as they were. Each skip is logged at
 once; train.max_bad_steps in a row end the run, leaving the checkpoint from before them.
+
+Several processes (torchrun, `tinylm train --nproc N`): tinylm/distributed.py holds the machinery; the
+lines marked "distributed:" are all it changes here, and in one process they do what they did before.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Callable
 
 import torch
 
+from tinylm import distributed
 from tinylm.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from tinylm.config import Config
 from tinylm.data.tokens import TokenData
@@ -114,7 +118,7 @@ def progress_of(cfg: Config, step: int, tokens: int, seconds: float) -> float:
 def validate(model: Transformer, data: TokenData, cfg: Config, autocast, max_tokens: int) -> tuple[float, float]:
     """(loss in nats per token, bits per byte) on the validation split."""
     batches = data.val_batches(cfg.eval.batch_size, cfg.model.max_seq_len, max_tokens)
-    nats, count = sum_nats(model, batches, autocast)
+    nats, count = distributed.sum_over_ranks(*sum_nats(model, distributed.share_batches(batches), autocast))
     return nats / count, data.bits_per_byte(nats, count)
 
 
@@ -161,7 +165,9 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     if tc.compile and tc.dropout_schedule != "constant" and cfg.model.dropout:  # torch.compile guards on p
         raise TinyLMError("train.compile recompiles the model whenever dropout changes, which "
                           f"train.dropout_schedule={tc.dropout_schedule} does every step; set train.compile=false")
-    device = resolve_device(tc.device)
+    device = resolve_device(distributed.device_for(tc.device))
+    parallel = distributed.Parallel.for_run(tc)  # distributed: DDP or FSDP over the ranks torchrun started
+    micros = distributed.micro_indices(tc.grad_accum)  # distributed: this rank's micro-batches of each step
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = tokenizer.vocab_size
     if cfg.model.vocab_size < data.vocab_size:
@@ -176,6 +182,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
         model = build_model(cfg.model).to(device)
     except ValueError as e:
         raise TinyLMError(str(e))
+    # distributed: FSDP shards the model in place, before the optimizer sees its parameters
+    train_model = parallel.wrap(model, device, bf16=isinstance(autocast_for(device, tc.precision), torch.autocast))
     optimizer = build_optimizer(model, cfg, device)
     objective = build_objective(cfg, tokenizer, device)  # before the run directory is touched: it may fail
     trackers(tc)  # likewise: an unknown tracker or a missing package fails here
@@ -187,8 +195,7 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
         ckpt = load_checkpoint(run_dir, with_state=True)
         if ckpt.cfg.model != cfg.model:
             raise TinyLMError(f"cannot resume '{run_dir}': its model config differs from the one given; drop the model overrides")
-        model.load_state_dict(ckpt.model.state_dict())
-        optimizer.load_state_dict(ckpt.state["optimizer"])
+        parallel.load_state(model, ckpt.model.state_dict(), optimizer, ckpt.state["optimizer"])
         step, tokens, seconds = ckpt.state["step"], ckpt.state["tokens"], ckpt.state["seconds"]
         skipped = ckpt.state.get("skipped", 0)  # absent from checkpoints written before steps could be skipped
         saved_step = step
@@ -197,15 +204,16 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
         init = load_checkpoint(init_from)
         if init.cfg.model != cfg.model:
             raise TinyLMError(f"--init '{init_from}' has a different model shape; train with its model config")
-        model.load_state_dict(init.model.state_dict())
-    if run_dir is not None:
+        parallel.load_state(model, init.model.state_dict())
+    if run_dir is not None and distributed.is_main():  # distributed: only rank 0 writes
         if overwrite and not resume:
             remove_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
         tokenizer.save(run_dir)
         _trim_metrics(run_dir / "metrics.jsonl", step)
-    loggers = open_loggers(cfg, run_dir, step)  # metrics.jsonl and train.log_to's trackers
+    # metrics.jsonl and train.log_to's trackers; distributed: only rank 0 writes
+    loggers = open_loggers(cfg, run_dir, step) if distributed.is_main() else []
 
     def log(record: dict) -> None:
         for logger in loggers:
@@ -214,21 +222,24 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     def checkpoint() -> None:
         nonlocal saved_step
         if run_dir is not None:
-            state = {"optimizer": optimizer.state_dict(), "step": step, "tokens": tokens,
-                     "seconds": seconds, "rng": rng_state(device), "skipped": skipped}
-            save_checkpoint(run_dir, model, cfg, tokenizer, state)
+            # distributed: every rank takes part (FSDP gathers its shards), rank 0 writes
+            if (gathered := parallel.checkpoint_state(model, optimizer)) is not None:
+                state = {"optimizer": gathered[1], "step": step, "tokens": tokens,
+                         "seconds": seconds, "rng": rng_state(device), "skipped": skipped}
+                save_checkpoint(run_dir, gathered[0], cfg, tokenizer, state)
             saved_step = step
 
-    def micro_batches(first_round_step: int, to_device: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The micro-batches of a first-round step: they depend only on (seed, step), so every round and a
-        resumed run see the same ones."""
+    def micro_batches(first_round_step: int, to_device: bool = True,
+                      which: list[int] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The micro-batches of a first-round step (those numbered `which`; default all): they depend only on
+        (seed, step), so every round, a resumed run and every number of ranks see the same ones."""
         pairs = [data.batch(tc.batch_size, seq_len, tc.seed, first_round_step * tc.grad_accum + micro)
-                 for micro in range(tc.grad_accum)]
+                 for micro in (range(tc.grad_accum) if which is None else which)]
         if to_device:
             pairs = [(x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in pairs]
         return pairs
 
-    train_model = torch.compile(model) if tc.compile else model
+    train_model = torch.compile(train_model) if tc.compile else train_model
     autocast = autocast_for(device, tc.precision)
     params = model.param_counts()
     # the bar runs over training progress (steps, tokens or seconds: whichever limit is nearest), so its
@@ -243,7 +254,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     model.train()
     try:
         # the clock read that decides to stop is the one reported, so a time-limited run reports >= its limit
-        while (p := progress_of(cfg, step, tokens, seconds := time.perf_counter() - clock)) < 1.0:
+        while (p := progress_of(cfg, step, tokens,
+                                seconds := distributed.same_on_all_ranks(time.perf_counter() - clock))) < 1.0:
             if rounds.needs_selection(step):  # a new round: score the first round's batches, draw this round's
                 checkpoint()  # the round's end, so a crash while scoring resumes the scoring, not the round
                 rounds.select(step, lambda scores_file: score_batches(
@@ -263,16 +275,22 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
             loss_sum = torch.zeros((), device=device)
             numbers_sum: dict[str, torch.Tensor] = {}  # the objective's numbers, averaged over micro-batches
             source_step = rounds.source_step(step)
-            for micro, (x, y) in enumerate(micro_batches(source_step)):
-                with autocast:
-                    loss, numbers = objective(train_model, Batch(x, y, source_step * tc.grad_accum + micro))
-                    loss = loss / tc.grad_accum
-                loss.backward()
+            for micro, (x, y) in zip(micros, micro_batches(source_step, which=micros)):
+                index = source_step * tc.grad_accum + micro
+                if distributed.active():
+                    distributed.seed_micro_batch(tc.seed, index)
+                # distributed: each rank averages its micro-batches, DDP/FSDP average over the ranks on the last
+                with parallel.sync_gradients(train_model, sync=micro == micros[-1]):
+                    with autocast:
+                        loss, numbers = objective(train_model, Batch(x, y, index))
+                        loss = loss / len(micros)
+                    loss.backward()
                 loss_sum += loss.detach()
                 for name, value in numbers.items():
-                    numbers_sum[name] = numbers_sum.get(name, 0) + value / tc.grad_accum
+                    numbers_sum[name] = numbers_sum.get(name, 0) + value / len(micros)
+            loss_sum, numbers_sum = distributed.mean_over_ranks(loss_sum, numbers_sum)
             # with grad_clip=0 the norm is still needed to catch an inf gradient; max_norm=inf scales by exactly 1
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
+            grad_norm = parallel.clip_gradients(model, tc.grad_clip or math.inf)
             # one host read per step (a GPU sync): whether to step must be known before the optimizer runs
             loss_finite, grad_finite = torch.isfinite(torch.stack([loss_sum, grad_norm.to(loss_sum)])).tolist()
             if loss_finite and grad_finite:
@@ -329,6 +347,7 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     train_seconds = seconds
     checkpoint()
     peak = tc.peak_tflops * 1e12 if tc.peak_tflops else peak_flops(device)
+    peak *= distributed.world_size()  # distributed: MFU is of all the ranks' devices together
     rate = tokens / train_seconds if train_seconds else 0.0
     mfu = model.flops_per_token(seq_len) * rate / peak
     if not (tc.eval_every and step % tc.eval_every == 0 and tc.eval_tokens == cfg.eval.max_tokens):
@@ -339,6 +358,6 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
          "skipped_total": skipped})
     for logger in loggers:
         logger.close()
-    if run_dir is not None:
+    if run_dir is not None and distributed.is_main():
         plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
     return TrainResult(step, tokens, train_seconds, rate, mfu, peak, val_loss, val_bpb, params)

@@ -16,15 +16,17 @@ EOS. An EOS id follows every piece that ends a document and every piece whose
 successor goes to the other split: text that was not contiguous in the corpus is
 never glued together, while adjacent pieces of one document run on.
 
-Memory and order. Tokenization runs in a pool of processes over batches of at
-most BATCH_CHARS characters, and the tokens are appended in corpus order as they
-come, so memory does not grow with the corpus and the number of workers does
+Memory and order. Text is read in parts and tokenized by a pool of processes
+in batches of about BATCH_CHARS characters; the tokens are appended in corpus
+order as they come, so memory does not grow with the corpus (about 20 MB above
+the interpreter's with one worker, for any size) and the number of workers does
 not change a byte of the output.
 
 Verification. The tokens go into a staging folder beside the output; its
 manifest (tinylm.manifest) is written last and the folder is renamed into place
 only then, so a killed run leaves nothing that looks prepared, and a later
-truncated or corrupted file is caught on load.
+truncated or corrupted file is caught on load. The staging folder's name holds
+the writer's process id, so the next run deletes those of dead writers.
 
 The cache. `prepare_cached` keeps one folder per source and settings, so
 training re-uses it. It records the size and modification time of every source
@@ -69,7 +71,7 @@ MAX_PIECE_CHARS = 1 << 16
 MIN_PIECE_CHARS = 256
 MIN_PIECES = 256
 PIECES_PER_BATCH = 256  # at most ~16 MB of text in flight per batch
-BATCH_CHARS = 1 << 22  # text per tokenization batch: the pool holds two, so ~8 M characters are in flight
+BATCH_CHARS = 1 << 21  # text per tokenization batch, unless workers need more to each get two pieces
 DOCUMENT_END = b"\xff"  # marks a document's end in the text hash; no UTF-8 text holds this byte
 RACY_NS = 2_000_000_000  # modification times within this of a preparation may hide an edit (FAT: 2 s steps)
 BPE_SAMPLE_BYTES = 50_000_000
@@ -87,14 +89,16 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Tokenizer, val_fraction
     description = describe_source(source)
     piece_chars = piece_chars_for(description)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    _remove_abandoned_staging(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
     try:
         dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
         text_hash = hashlib.sha256()
         pieces = split_pieces(_hashed(iter_parts(source, text_field), text_hash), piece_chars)
         with progress_bar(total=_progress_total(description), unit="B", unit_scale=True, unit_divisor=1024,
                           desc="tokenizing", disable=not progress, leave=False) as bar:
-            splits = _write_splits(pieces, staging, tokenizer, dtype, val_fraction, _worker_count(workers), bar)
+            splits = _write_splits(pieces, staging, tokenizer, dtype, val_fraction, _worker_count(workers), piece_chars,
+                                   bar)
         source_summary = {**_source_summary(description), "text_sha256": text_hash.hexdigest(),
                           "recheck_text": _is_racy(description, started_ns)}
         meta = {"dtype": dtype.name, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
@@ -256,12 +260,13 @@ class _SplitWriter:
 
 
 def _write_splits(pieces: Iterator[tuple[str, bool]], directory: Path, tokenizer: Tokenizer, dtype: np.dtype,
-                  val_fraction: float, workers: int, bar: tqdm) -> dict:
+                  val_fraction: float, workers: int, piece_chars: int, bar: tqdm) -> dict:
     eos = np.array([tokenizer.eos_id], dtype).tobytes()
     index = 0
     with open(directory / "train.bin", "wb") as train_file, open(directory / "val.bin", "wb") as val_file:
         writers = {False: _SplitWriter(train_file, eos), True: _SplitWriter(val_file, eos)}
-        for batch, token_arrays in _tokenized(text_batches(pieces, BATCH_CHARS), tokenizer, dtype, workers):
+        batch_chars = max(BATCH_CHARS, 2 * workers * piece_chars)
+        for batch, token_arrays in _tokenized(text_batches(pieces, batch_chars), tokenizer, dtype, workers):
             for (text, ends_document), ids in zip(batch, token_arrays):
                 is_val = in_val(index, val_fraction)
                 n_bytes = len(text.encode("utf-8"))
@@ -360,6 +365,27 @@ def _worker_count(workers: int) -> int:
         return workers
     # the cores this process may use, which is fewer than os.cpu_count() under taskset or a batch scheduler
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _remove_abandoned_staging(out_dir: Path) -> None:
+    """Delete the staging folders (and their "-old" asides) that killed runs left beside `out_dir`."""
+    if not out_dir.parent.is_dir():
+        return
+    prefix = f".{out_dir.name}.tmp-"
+    for folder in out_dir.parent.iterdir():
+        writer = folder.name[len(prefix):].split("-", 1)[0]
+        if folder.name.startswith(prefix) and writer.isdigit() and not _process_alive(int(writer)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _check_out_dir(out_dir: Path, source: str, overwrite: bool) -> None:

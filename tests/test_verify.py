@@ -186,6 +186,20 @@ def test_an_edit_hidden_from_sizes_and_times_is_found_by_the_text_hash(tmp_path,
     assert b"owl" in (entry / "train.bin").read_bytes()[::2]  # byte ids: the low bytes are the text
 
 
+def test_a_text_recheck_passed_once_the_file_is_old_is_not_repeated(tmp_path, corpus):
+    cfg = cache_config(tmp_path, corpus)
+    modified = time.time_ns() - 500_000_000
+    os.utime(corpus, ns=(modified, modified))
+    entry = prepare_cached(cfg, progress=False)
+    meta = entry / "meta.json"
+    assert json.loads(meta.read_text())["source"]["recheck_text"]
+    time.sleep(max(0.0, (modified + 2_100_000_000 - time.time_ns()) / 1e9))  # past the 2 s in which edits hide
+    shards = (entry / "train.bin").stat().st_mtime_ns
+    assert prepare_cached(cfg, progress=False) == entry
+    assert not json.loads(meta.read_text())["source"]["recheck_text"]
+    assert (entry / "train.bin").stat().st_mtime_ns == shards and verify(entry, "prepared data file", "")
+
+
 def test_a_damaged_cache_entry_is_prepared_again(tmp_path, corpus, capsys):
     cfg = cache_config(tmp_path, corpus)
     entry = prepare_cached(cfg, progress=False)

@@ -162,7 +162,7 @@ def prepare_cached(data_cfg: DataConfig, progress: bool = True) -> Path:
         stale = _stale_reason(out_dir, data_cfg.path, data_cfg.text_field)
         if stale is None:
             return out_dir
-        print(f"cached data '{out_dir}' is out of date: {stale}; preparing it again", file=sys.stderr)
+        print(f"cached data '{out_dir}' {stale}; preparing it again", file=sys.stderr)
     tokenizer = build_tokenizer(data_cfg.tokenizer, data_cfg.path, data_cfg.text_field, data_cfg.vocab_size)
     # the cache folder is ours, so leftovers in it (not a prepared folder: no meta.json) may go
     return prepare(data_cfg.path, out_dir, tokenizer, data_cfg.val_fraction, data_cfg.text_field,
@@ -173,16 +173,26 @@ def _stale_reason(out_dir: Path, source: str, text_field: str) -> str | None:
     """Why the cache folder `out_dir` no longer holds `source` as it is now, or None when it does."""
     try:
         verify(out_dir, "prepared data file", DAMAGED, checksums=False)  # TokenData.load checks the checksums
-        recorded = json.loads((out_dir / "meta.json").read_text())["source"]
+        meta = json.loads((out_dir / "meta.json").read_text())
+        recorded = meta["source"]
     except (TinyLMError, ValueError, KeyError, TypeError) as e:
-        return f"it is damaged ({e})"
+        return f"is damaged ({e})"
+    started_ns = time.time_ns()
     description = describe_source(source)
     now = _source_summary(description)
     if recorded.get("fingerprint") != now["fingerprint"]:
-        return (f"the source changed ({recorded.get('files')} file(s) of {recorded.get('size')} bytes when prepared, "
-                f"{now['files']} of {now['size']} now, or their modification times differ)")
-    if recorded.get("recheck_text") and recorded.get("text_sha256") != text_sha256(source, text_field):
-        return "the source's text changed without changing its files' sizes or modification times"
+        return (f"is out of date: the source changed ({recorded.get('files')} file(s) of {recorded.get('size')} "
+                f"bytes when prepared, {now['files']} of {now['size']} now, or their modification times differ)")
+    if recorded.get("recheck_text"):
+        if recorded.get("text_sha256") != text_sha256(source, text_field):
+            return "is out of date: the source's text changed without changing its files' sizes or modification times"
+        if not _is_racy(description, started_ns):
+            # an edit after this check would change a time, so the text need not be hashed again
+            meta["source"]["recheck_text"] = False
+            written = out_dir / "meta.json.tmp"
+            written.write_text(json.dumps(meta, indent=2) + "\n")
+            os.replace(written, out_dir / "meta.json")
+            seal(out_dir, ["meta.json"])
     return None
 
 

@@ -220,6 +220,11 @@ def test_one_and_three_bpe_workers_write_identical_shards(tmp_path, corpus, monk
     assert TokenData.load(outs[0]).train.max() > 256  # merges were used: this was real tokenization
 
 
+def with_this_tinylm() -> dict:
+    """The environment for a child process that imports the tinylm these tests are testing."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
 def generated_corpus(path: Path, n_bytes: int) -> Path:
     """Random lowercase words and lines, written fast."""
     rng = np.random.default_rng(0)
@@ -236,7 +241,7 @@ prepare = importlib.import_module("tinylm.data.prepare")
 from tinylm.tokenizer import byte_tokenizer
 source, out, in_memory = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 if in_memory:  # the whole text as one part and one batch
-    importlib.import_module("tinylm.data.corpus").PART_CHARS = prepare.BATCH_CHARS = 1 << 30
+    importlib.import_module("tinylm.data.corpus").PART_CHARS = prepare.BATCH_CHARS = 1 << 28
 tokenizer = byte_tokenizer()
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 prepare.prepare(source, out, tokenizer, workers=1, progress=False)
@@ -251,7 +256,7 @@ def test_preparing_a_corpus_larger_than_the_memory_budget_stays_within_it(tmp_pa
     growth = {}
     for in_memory in (0, 1):
         done = subprocess.run([sys.executable, "-c", MEASURED_PREPARE, source, tmp_path / f"out{in_memory}",
-                               str(in_memory)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                               str(in_memory)], capture_output=True, text=True, env=with_this_tinylm())
         assert done.returncode == 0, done.stderr
         growth[in_memory] = json.loads(done.stdout)["growth_kb"]
     assert growth[0] < budget_kb < growth[1], growth  # the budget is one the in-memory preparation breaks
@@ -262,7 +267,7 @@ def test_preparing_a_corpus_larger_than_the_memory_budget_stays_within_it(tmp_pa
 def start_prepare(source: Path, out: Path, *extra) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tinylm.cli", "data", "prepare", str(source), "--out", str(out),
                              "--tokenizer", "byte", "--workers", "1", "--val-fraction", "0.1", *extra],
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+                            env=with_this_tinylm(), stderr=subprocess.PIPE, text=True)
 
 
 def kill_while_writing(process: subprocess.Popen, out: Path) -> None:

@@ -61,10 +61,11 @@ def verify(folder: str | Path, what: str, advice: str, names: list[str] | None =
     folder = Path(folder)
     if not (folder / MANIFEST).is_file():
         return False
-    files = _entries(folder, what, advice)
+    files = _entries(folder, advice)
     if checksums is None:
         checksums = os.environ.get(VERIFY_ENV, "").strip().lower() != "sizes"
-    listed = [(name, files[name]) for name in (files if names is None else names) if name in files and name not in skip]
+    wanted = files if names is None else names
+    listed = [(name, files[name]) for name in wanted if name in files and name not in skip]
     for name, entry in listed:  # every size first: a truncation is found without hashing anything
         path = folder / name
         if not path.is_file():
@@ -83,7 +84,7 @@ def verify(folder: str | Path, what: str, advice: str, names: list[str] | None =
     return True
 
 
-def _entries(folder: Path, what: str = "file", advice: str = "write the folder again") -> dict[str, dict]:
+def _entries(folder: Path, advice: str = "write the folder again") -> dict[str, dict]:
     path = folder / MANIFEST
     if not path.is_file():
         return {}
@@ -95,4 +96,4 @@ def _entries(folder: Path, what: str = "file", advice: str = "write the folder a
                               f"({FORMAT_VERSION}); upgrade tinylm")
         return {str(name): {"size": int(e["size"]), "sha256": str(e["sha256"])} for name, e in files.items()}
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise TinyLMError(f"{what.split()[0]} manifest '{path}' is corrupt ({type(e).__name__}); {advice}") from None
+        raise TinyLMError(f"manifest '{path}' is corrupt ({type(e).__name__}); {advice}") from None

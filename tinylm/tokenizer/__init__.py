@@ -84,7 +84,8 @@ class Tokenizer:
         file = path / FILENAME if path.is_dir() else path
         if not file.is_file():
             raise TinyLMError(f"no tokenizer at '{path}'; give a tokenizer.json or a folder that holds one")
-        verify(file.parent, "tokenizer file", "restore it or make the tokenizer again", names=[FILENAME, META_FILENAME])
+        verify(file.parent, "tokenizer file", "restore it or make the tokenizer again",
+               names=[file.name, META_FILENAME])
         try:
             hf = HFTokenizer.from_file(str(file))
         except Exception as e:  # tokenizers raises a bare Exception on malformed JSON

@@ -335,7 +335,7 @@ def _tokenized(piece_batches: Iterator[list[tuple[str, bool]]], tokenizer: Token
 
 def _encode(tokenizer: Tokenizer, text: str, dtype: np.dtype) -> np.ndarray:
     if tokenizer.kind == "byte" and tokenizer.eos_token not in text:
-        # the byte tokenizer's ids are the UTF-8 bytes, which numpy reads ~50x faster than `tokenizers`
+        # the byte tokenizer's ids are the UTF-8 bytes, which numpy reads over 50 times faster than `tokenizers`
         # encodes them; only its EOS string differs (`tokenizers` matches it as the special token)
         return np.frombuffer(text.encode("utf-8"), np.uint8).astype(dtype)
     return np.asarray(tokenizer.encode(text), dtype)

@@ -249,7 +249,7 @@ print(json.dumps({"growth_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrs
 """
 
 
-@pytest.mark.slow  # ~15 s: it writes and prepares 96 MB twice
+@pytest.mark.slow  # it writes 96 MB and prepares it twice
 def test_preparing_a_corpus_larger_than_the_memory_budget_stays_within_it(tmp_path):
     budget_kb = 32 * 1024
     source = generated_corpus(tmp_path / "big.txt", 3 * budget_kb * 1024)
@@ -283,9 +283,9 @@ def kill_while_writing(process: subprocess.Popen, out: Path) -> None:
     pytest.fail(f"prepare ended (code {process.poll()}) before it could be killed mid-way: {process.stderr.read()}")
 
 
-@pytest.mark.slow  # ~10 s: three tinylm processes, one killed
+@pytest.mark.slow  # it starts two tinylm processes and kills one
 def test_a_killed_prepare_leaves_nothing_trusted_and_a_rerun_finishes(tmp_path):
-    source = generated_corpus(tmp_path / "big.txt", 48 << 20)
+    source = generated_corpus(tmp_path / "big.txt", 32 << 20)
     out = tmp_path / "prepared"
     kill_while_writing(start_prepare(source, out), out)
     assert not out.exists()
@@ -297,11 +297,11 @@ def test_a_killed_prepare_leaves_nothing_trusted_and_a_rerun_finishes(tmp_path):
     assert data.bytes["train"] + data.bytes["val"] == source.stat().st_size
 
 
-@pytest.mark.slow  # ~10 s
+@pytest.mark.slow  # it starts a tinylm process and kills it
 def test_a_prepare_killed_while_overwriting_keeps_the_old_data(tmp_path, corpus):
     old = prepare(str(corpus), tmp_path / "prepared", byte_tokenizer(), val_fraction=0.1, workers=1, progress=False)
     files = {p.name: p.read_bytes() for p in old.iterdir()}
-    source = generated_corpus(tmp_path / "big.txt", 48 << 20)
+    source = generated_corpus(tmp_path / "big.txt", 32 << 20)
     kill_while_writing(start_prepare(source, old, "--overwrite"), old)
     assert {p.name: p.read_bytes() for p in old.iterdir()} == files
     assert verify(old, "prepared data file", "")

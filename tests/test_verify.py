@@ -136,6 +136,16 @@ def test_a_damaged_prepared_file_is_named_by_load_and_by_the_cli(tmp_path, cli, 
     assert not (tmp_path / "run" / "checkpoint").exists()
 
 
+def test_prepared_data_without_a_manifest_still_loads_with_its_sizes_checked(prepared):
+    (prepared / MANIFEST).unlink()
+    data = TokenData.load(prepared)
+    assert len(data.train) > len(data.val) > 0
+    del data  # its memory maps
+    truncate(prepared / "train.bin")
+    with pytest.raises(TinyLMError, match=r"train\.bin' is missing or truncated"):
+        TokenData.load(prepared)
+
+
 @pytest.mark.parametrize("damage", [truncate, flip_a_bit])
 def test_a_damaged_saved_tokenizer_is_named_by_load_and_by_the_cli(tmp_path, cli, corpus, damage):
     train_bpe(iter([corpus.read_text()]), 300).save(tmp_path / "tok")

@@ -8,9 +8,12 @@
       state.pt             optimizer, step, tokens seen, RNG states, steps skipped (training only)
       config.yaml          the config the weights belong to
       tokenizer.json       the tokenizer the weights belong to
+      manifest.json        every file's size and SHA-256 (tinylm.manifest), written last
 
 A checkpoint is written to `checkpoint.tmp/` and swapped in by renames, so a
 crash at any moment leaves either the old or the new checkpoint complete.
+Finding a checkpoint checks its files' sizes; loading one also checks their
+checksums, so a damaged file is an error that names it, never loaded as garbage.
 Training writes run directories; evaluation, sampling and export read them.
 """
 
@@ -27,10 +30,12 @@ from safetensors.torch import load_model, save_model
 
 from tinylm.config import Config, load_config
 from tinylm.errors import TinyLMError
+from tinylm.manifest import seal, verify
 from tinylm.model import Transformer, build_model
 from tinylm.tokenizer import Tokenizer
 
 CHECKPOINT = "checkpoint"
+DAMAGED = "restore it or retrain"
 
 
 def save_checkpoint(run_dir: Path, model: Transformer, cfg: Config, tokenizer: Tokenizer,
@@ -44,6 +49,7 @@ def save_checkpoint(run_dir: Path, model: Transformer, cfg: Config, tokenizer: T
     tokenizer.save(tmp)
     if state is not None:
         torch.save(state, tmp / "state.pt")
+    seal(tmp)
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
@@ -59,6 +65,7 @@ def find_checkpoint(path: str | Path) -> Path:
         raise TinyLMError(f"'{path}' does not exist; give a run directory made by `tinylm train`")
     for candidate in (path, path / CHECKPOINT, path / f"{CHECKPOINT}.old"):  # .old: a crash mid-swap
         if (candidate / "model.safetensors").is_file():
+            verify(candidate, "checkpoint file", DAMAGED, checksums=False)
             return candidate
     raise TinyLMError(f"'{path}' holds no checkpoint (no model.safetensors); train it first with `tinylm train`")
 
@@ -83,6 +90,8 @@ def read_config(ckpt: Path) -> Config:
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", with_state: bool = False) -> LoadedCheckpoint:
     ckpt = find_checkpoint(path)
+    # state.pt (optimizer moments: twice the weights) is only read, so only hashed, to resume
+    verify(ckpt, "checkpoint file", DAMAGED, skip=() if with_state else ("state.pt",))
     cfg = read_config(ckpt)
     tokenizer = Tokenizer.load(ckpt)
     if tokenizer.vocab_size != cfg.model.vocab_size:

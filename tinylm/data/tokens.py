@@ -7,6 +7,7 @@ A prepared data folder holds:
                         "documents"}, "val": {...}}, ...}; "bytes" counts the UTF-8 bytes of the
                         text behind each split, so loss can be reported in bits per byte
   tokenizer.json       the tokenizer that produced the ids
+  manifest.json        every file's size and SHA-256, written last (tinylm.manifest); checked on load
 Splits are memory-mapped, so a corpus larger than RAM trains without loading it.
 """
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from tinylm.errors import TinyLMError
+from tinylm.manifest import verify
 
 
 @dataclass
@@ -38,6 +40,7 @@ class TokenData:
         meta_file = directory / "meta.json"
         if not meta_file.is_file():
             raise TinyLMError(f"'{directory}' is not prepared data (no meta.json); run `tinylm data prepare` on it")
+        verify(directory, "prepared data file", "prepare the data again")
         try:
             meta = json.loads(meta_file.read_text())
             dtype = np.dtype(meta["dtype"])

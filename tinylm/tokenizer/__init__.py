@@ -11,6 +11,8 @@ boundaries (model.patching=predicted): id = symbol + 257 * flag, symbol a byte
 or EOS (256), flag 1 on the last byte of each BPE token and on EOS. A run saves
 the BPE's tokenizer.json with kind "patches" in tokenizer_meta.json, which
 Tokenizer.load reads back as a PatchTokenizer.
+Saving records the files in the folder's manifest (tinylm.manifest); loading
+checks them against it, when there is one.
 Knows nothing of models or training.
 """
 
@@ -25,11 +27,13 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from tinylm.errors import TinyLMError
+from tinylm.manifest import seal, verify
 
 EOS = "<|endoftext|>"
 # end-of-sequence names used by common tokenizers, tried in order when loading an existing one
 KNOWN_EOS = (EOS, "</s>", "<eos>", "<|end_of_text|>", "<|im_end|>", "<|eot_id|>")
 FILENAME = "tokenizer.json"
+META_FILENAME = "tokenizer_meta.json"
 PATCHES = "patches"  # the kind of PatchTokenizer; data.tokenizer=patches:SPEC selects it
 N_SYMBOLS = 257  # a patch tokenizer's symbols: 256 bytes and EOS
 PATCH_VOCAB = 2 * N_SYMBOLS
@@ -70,7 +74,8 @@ class Tokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.hf.save(str(directory / FILENAME))
-        (directory / "tokenizer_meta.json").write_text(json.dumps({"kind": self.kind, "eos_token": self.eos_token}))
+        (directory / META_FILENAME).write_text(json.dumps({"kind": self.kind, "eos_token": self.eos_token}))
+        seal(directory, [FILENAME, META_FILENAME])
 
     @classmethod
     def load(cls, path: str | Path) -> "Tokenizer":
@@ -79,11 +84,13 @@ class Tokenizer:
         file = path / FILENAME if path.is_dir() else path
         if not file.is_file():
             raise TinyLMError(f"no tokenizer at '{path}'; give a tokenizer.json or a folder that holds one")
+        verify(file.parent, "tokenizer file", "restore it or make the tokenizer again",
+               names=[file.name, META_FILENAME])
         try:
             hf = HFTokenizer.from_file(str(file))
         except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
             raise TinyLMError(f"'{file}' is not a valid tokenizer.json ({str(e).splitlines()[0][:120]})")
-        meta = file.parent / "tokenizer_meta.json"
+        meta = file.parent / META_FILENAME
         kind = json.loads(meta.read_text()).get("kind", "file") if meta.is_file() else "file"
         return tokenizer_of(hf, kind)
 

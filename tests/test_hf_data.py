@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tinylm.data import hf
-from tinylm.data.corpus import iter_documents
+from tinylm.data.corpus import describe_source, iter_documents
 from tinylm.data.prepare import prepare, prepared_dir
 from tinylm.errors import TinyLMError
 from tinylm.tokenizer import byte_tokenizer
@@ -126,7 +126,7 @@ def test_a_malformed_hf_path_says_the_form(tmp_path):
         list(iter_documents("hf:a:b:c:d"))
 
 
-def test_a_hub_dataset_is_loaded_by_name_config_and_split_and_keyed_by_its_files(tmp_path, monkeypatch):
+def test_a_hub_dataset_is_loaded_by_name_config_and_split_and_described_by_its_files(tmp_path, monkeypatch):
     table(ROWS[:4]).save_to_disk(str(tmp_path / "cached"))
     calls = []
 
@@ -141,16 +141,17 @@ def test_a_hub_dataset_is_loaded_by_name_config_and_split_and_keyed_by_its_files
     keys = {path: prepared_dir(tmp_path / "cache", path, "byte", 0, 0.05, "text")
             for path in ("hf:someone/stories", "hf:someone/stories:tiny", "hf:someone/stories::test")}
     assert len(set(keys.values())) == 3
+    files = describe_source("hf:someone/stories")["files"]
     (tmp_path / "cached" / "data-00000-of-00001.arrow").touch()  # the cached download changed
-    assert prepared_dir(tmp_path / "cache", "hf:someone/stories", "byte", 0, 0.05, "text") != keys["hf:someone/stories"]
+    assert describe_source("hf:someone/stories")["files"] != files  # so prepare_cached prepares it again
 
 
-def test_the_cache_key_changes_when_a_saved_dataset_is_saved_again(tmp_path):
+def test_the_source_description_changes_when_a_saved_dataset_is_saved_again(tmp_path):
     saved = tmp_path / "saved"
     table(ROWS[:10]).save_to_disk(str(saved))
-    before = prepared_dir(tmp_path / "cache", str(saved), "byte", 0, 0.05, "text")
+    before = describe_source(str(saved))["files"]
     table(ROWS[:11]).save_to_disk(str(saved))
-    assert prepared_dir(tmp_path / "cache", str(saved), "byte", 0, 0.05, "text") != before
+    assert describe_source(str(saved))["files"] != before  # so prepare_cached prepares it again
 
 
 @pytest.mark.parametrize("layout", ["save_to_disk", "parquet shards"])

@@ -14,8 +14,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 if [ "${1:-}" = "--dev" ]; then pip install -e ".[dev]"; else pip install -e .; fi
-# llama.cpp itself checks every GGUF export (tests/test_export.py). llama-cpp-python builds from source (about
-# 3 minutes on 2 cores, needs cmake and a C++ compiler), so it is built once, only its library; where the build
+# llama.cpp itself checks every GGUF export (tests/test_export.py). llama-cpp-python builds from source (minutes
+# on 2 cores, needs cmake and a C++ compiler), so it is built once, only its library; where the build
 # fails the setup goes on and those checks skip.
 if [ "${1:-}" = "--dev" ] && ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
   if ! CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF" \

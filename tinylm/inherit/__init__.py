@@ -57,18 +57,14 @@ def child_config(parent: ModelConfig, shape: ChildShape, vocab_size: int) -> Mod
     if is_shared(parent):
         raise TinyLMError("tinylm inherit needs a parent without weight sharing (model.ffn_sharing, block_repeat, "
                           "stack_repeat): its layers are not separate blocks to select and slice")
-    def given(value, default):  # 0 is a size the user asked for (and is refused below), not "keep the parent's"
-        return default if value is None else value
-
-    n_heads = given(shape.n_heads, parent.n_heads)
-    n_kv = given(shape.n_kv_heads, min(parent.n_kv_heads, n_heads))
     if shape.max_seq_len < 1:
         raise TinyLMError(f"the child's context length ({shape.max_seq_len}) must be at least 1")
+    n_heads = shape.n_heads or parent.n_heads
+    n_kv = shape.n_kv_heads or min(parent.n_kv_heads, n_heads)
     child = dataclasses.replace(
-        parent, vocab_size=vocab_size, n_layer=given(shape.n_layer, parent.n_layer),
-        d_model=given(shape.d_model, parent.d_model), n_heads=n_heads, n_kv_heads=n_kv,
-        ffn_hidden=given(shape.ffn_hidden, resolved_ffn_hidden(parent)), head_dim=head_dim(parent),
-        max_seq_len=min(shape.max_seq_len, parent.max_seq_len), dropout=0.0)
+        parent, vocab_size=vocab_size, n_layer=shape.n_layer or parent.n_layer, d_model=shape.d_model or parent.d_model,
+        n_heads=n_heads, n_kv_heads=n_kv, ffn_hidden=shape.ffn_hidden or resolved_ffn_hidden(parent),
+        head_dim=head_dim(parent), max_seq_len=min(shape.max_seq_len, parent.max_seq_len), dropout=0.0)
     for key, value, limit in (("layers", child.n_layer, parent.n_layer), ("width", child.d_model, parent.d_model),
                               ("heads", n_heads, parent.n_heads), ("kv heads", n_kv, parent.n_kv_heads),
                               ("FFN hidden", child.ffn_hidden, resolved_ffn_hidden(parent))):

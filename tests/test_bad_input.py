@@ -150,6 +150,9 @@ CASES = [
          r"would overwrite the run's checkpoint"),
     Case("export: over an existing file", ["export", BASE, "--format", "gguf", "--out", f"{BASE}/config.yaml"],
          r"already exists; pass --overwrite", needs=["gguf"]),
+    Case("export: a quantisation GGUF export does not write",
+         ["export", BASE, "--format", "gguf", "--dtype", "q4_0", "--out", "out/e4.gguf"],
+         r"argument --dtype: invalid choice: 'q4_0'"),
     Case("export: --out on a full disk", ["export", BASE, "--format", "gguf", "--out", "full/model.gguf"],
          r"'full/.*': No space left on device \(ENOSPC\)", setup=full_disk, needs=["gguf"]),
     # inherit
@@ -285,7 +288,7 @@ def one_error_line(err: str) -> str:
 def test_bad_input_gives_one_line_and_keeps_the_run(case, world, cli, monkeypatch):
     root, run_files = world
     for package in case.needs:
-        pytest.importorskip(package)
+        pytest.importorskip(package, reason=f"this row needs the optional package {package}")
     monkeypatch.chdir(root)
     if case.setup:
         case.setup(monkeypatch)

@@ -1,5 +1,4 @@
 import json
-import re
 import subprocess
 import sys
 
@@ -35,28 +34,6 @@ def test_train_eval_sample_end_to_end(cli, text_file, tmp_path):
     assert report["perplexity"] > 1 and 0 < report["bits_per_byte"] < 8.1
     code, out, _ = cli("sample", "runs/e2e", "--prompt", "The quick", "--max-tokens", "20")
     assert code == 0 and out.startswith("The quick")
-
-
-@pytest.mark.parametrize("content, expected", [
-    (None, "does not exist|not found"),
-    (b"", "empty|no text"),
-    (b"\x00\x01\x02\xff\xfe binary junk \x00" * 50, "not UTF-8|binary"),
-])
-def test_bad_corpus_files_give_one_clear_line(cli, tmp_path, content, expected):
-    path = tmp_path / "corpus.txt"
-    if content is not None:
-        path.write_bytes(content)
-    code, _, err = cli("train", f"data.path={path}", *TINY, "--out", "runs/bad")
-    assert code == 2
-    line = one_error_line(err)
-    assert "corpus.txt" in line
-    assert re.search(expected, line), line
-
-
-def test_unknown_config_key_names_the_closest(cli):
-    code, _, err = cli("train", "train.lrr=1e-3")
-    assert code == 2
-    assert "'train.lr'" in one_error_line(err)
 
 
 def test_a_size_out_of_range_fails_before_the_run_directory_is_made(cli, tmp_path):

@@ -185,7 +185,9 @@ def test_gguf_of_a_byte_tokenizer_model_keeps_its_ids(tmp_path):
 
 @pytest.mark.parametrize("which", ["llama", "qwen2"])
 def test_gguf_runs_in_llama_cpp(llama_run, qwen2_run, bpe, tmp_path, which):
-    llama_cpp = pytest.importorskip("llama_cpp")  # llama-cpp-python: built from source, so not in the dev extra
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: scripts/setup.sh --dev "
+                                    "builds it from source (cmake and a C++ compiler); where that build fails, "
+                                    "this check skips")
     run, model = llama_run if which == "llama" else qwen2_run
     export(run, "gguf", tmp_path / "m.gguf")
     llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=64, logits_all=True, verbose=False,

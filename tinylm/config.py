@@ -185,7 +185,10 @@ def _coerce(key: str, value, typ):
             return int(value)
     elif typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer with hundreds of digits
+                raise TinyLMError(f"config key '{key}' is too large: {str(value)[:20]}...") from None
     elif typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -220,7 +223,10 @@ def parse_overrides(overrides: list[str]) -> dict:
         if "=" not in item:
             raise TinyLMError(f"override '{item}' is not of the form key=value (e.g. train.lr=3e-3)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:  # not a YAML scalar ("[1,", a tab, a stray quote): the text as written
+            value = raw
         if isinstance(value, str):  # YAML 1.1 reads "3e-3" (no dot) as a string; numbers win
             try:
                 value = float(value)

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from tinylm.errors import TinyLMError
+
 
 def write_json(path: Path, value) -> None:
     """Write `value` as JSON to `path` so readers see the old file or the whole new one, never a torn one."""
@@ -30,3 +32,13 @@ def cached_step(result_file: Path, run: Callable[[], dict]) -> dict:
     result = run()
     write_json(result_file, result)
     return result
+
+
+def check_job_folder(out: Path, settings_name: str, what: str) -> None:
+    """Refuse to start a job in a folder that holds other things (a run, prepared data, a user's files): a
+    folder of this job's kind holds its `settings_name`; any other non-empty one belongs to someone else."""
+    if out.exists() and not out.is_dir():
+        raise TinyLMError(f"'{out}' is a file; give a folder for the {what}")
+    if out.is_dir() and any(out.iterdir()) and not (out / settings_name).is_file():
+        raise TinyLMError(f"'{out}' already holds other files and no {what}; choose another --out (or pass "
+                          "--overwrite to replace what is there)")

@@ -20,7 +20,10 @@ MIB = 2**20
 
 
 def device_for(name: str | torch.device) -> torch.device:
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch's message lists twenty device types; these are the ones tinylm runs on
+        raise TinyLMError(f"unknown device '{name}'; use cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TinyLMError(f"device '{name}' was asked for but no CUDA GPU is visible; use --device cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():

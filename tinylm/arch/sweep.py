@@ -43,7 +43,7 @@ from tinylm.data import TokenData, prepare_cached
 from tinylm.errors import TinyLMError
 from tinylm.model.llama import head_dim, resolved_ffn_hidden
 from tinylm.progress import progress_bar
-from tinylm.steps import cached_step, write_json
+from tinylm.steps import cached_step, check_job_folder, write_json
 from tinylm.tokenizer import Tokenizer, byte_tokenizer
 from tinylm.train import train
 
@@ -102,6 +102,8 @@ def sweep(out: str | Path, params: int, vocab: int | None = None, *, latency_bud
                           f"{params:,} parameters with a vocabulary of {vocab:,}; the embedding alone may be too "
                           "large: raise --params or lower --vocab")
     out = Path(out)
+    if not overwrite:
+        check_job_folder(out, SETTINGS, "sweep")
     _claim(out, settings, overwrite)
     chosen = spread_over_depth(shapes, max_shapes, params)
     columns = {**SHAPE_COLUMNS, **(CUDA_COLUMNS if cuda else {}), **(PROXY_COLUMNS if proxy_seconds else {})}

@@ -197,10 +197,14 @@ def _mmlu_item(row: dict, subject: str) -> Item:
 
 def _jsonl_items(path: Path, limit: int | None) -> list[Item]:
     items = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # decoded line by line, so an undecodable line is reported with its number
+        for number, raw in enumerate(f, 1):
             if limit is not None and len(items) >= limit:
                 break
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise TinyLMError(f"{path}:{number}: not UTF-8 text; convert the file to UTF-8") from None
             if line.strip():
                 items.append(_jsonl_item(line, f"{path}:{number}"))
     if not items:

@@ -32,7 +32,7 @@ from pathlib import Path
 from tinylm.checkpoint import CHECKPOINT
 from tinylm.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig
 from tinylm.errors import TinyLMError
-from tinylm.steps import cached_step, write_json
+from tinylm.steps import cached_step, check_job_folder, write_json
 
 RUNGS = ("baseline", "+tokenizer", "+architecture", "+inheritance", "+rounds")
 TASKS = ("hellaswag", "arc_easy", "piqa", "sciq", "lambada")
@@ -368,5 +368,6 @@ def run_ladder(out: str | Path, preset: str | LadderPreset = "quick", parent: st
     if overwrite and out.exists():
         import shutil
         shutil.rmtree(out)
+    check_job_folder(out, "settings.json", "ladder")
     parent = Path(parent) if parent else default_parent()
     return Ladder(out, parent, chosen, Path(shape) if shape else None, data, device, progress).run()

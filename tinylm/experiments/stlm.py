@@ -35,7 +35,7 @@ from tinylm.checkpoint import CHECKPOINT
 from tinylm.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig
 from tinylm.errors import TinyLMError
 from tinylm.experiments.ladder import TASKS, default_parent, judge, plot_bars
-from tinylm.steps import cached_step, write_json
+from tinylm.steps import cached_step, check_job_folder, write_json
 
 ROWS = ("baseline", "+tied embeddings", "+FFN sharing, deeper", "+byte-level pooling", "+dropout schedule",
         "+distillation")
@@ -272,4 +272,5 @@ def run_ablation(out: str | Path, preset: str | StlmPreset = "quick", teacher: s
     if overwrite and out.exists():
         import shutil
         shutil.rmtree(out)
+    check_job_folder(out, "settings.json", "ablation")
     return StlmAblation(out, Path(teacher) if teacher else default_parent(), chosen, data, device, progress).run()

@@ -57,6 +57,8 @@ def child_config(parent: ModelConfig, shape: ChildShape, vocab_size: int) -> Mod
     if is_shared(parent):
         raise TinyLMError("tinylm inherit needs a parent without weight sharing (model.ffn_sharing, block_repeat, "
                           "stack_repeat): its layers are not separate blocks to select and slice")
+    if shape.max_seq_len < 1:
+        raise TinyLMError(f"the child's context length ({shape.max_seq_len}) must be at least 1")
     n_heads = shape.n_heads or parent.n_heads
     n_kv = shape.n_kv_heads or min(parent.n_kv_heads, n_heads)
     child = dataclasses.replace(

@@ -77,7 +77,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TinyLMError(f"train.device={name} but no CUDA GPU is visible; use train.device=cpu or auto")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise TinyLMError(f"unknown train.device={name}; use auto, cpu, cuda, cuda:N or mps") from None
 
 
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -543,10 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("play", help="models play tic-tac-toe and connect four against each other (round-robin)",
                        description="Self-play evaluation: MODELs (tinylm runs, Hugging Face folders, .gguf files), "
-                                   "the random-legal-move player and any --builtin players play a round-robin of "
-                                   "small board games rendered as text. Writes results.json (every game), table.md "
-                                   "(wins/draws/losses, scores with Wilson 95%% intervals, Bradley-Terry Elo with the "
-                                   "random player at 0) and ratings.png into --out.",
+                                   "the random-legal-move player\nand any --builtin players play a round-robin of "
+                                   "small board games rendered as text. Writes into --out:\n"
+                                   "results.json (every game), table.md (wins/draws/losses, scores with Wilson 95% "
+                                   "intervals,\nBradley-Terry Elo with the random player at 0) and ratings.png.",
                        epilog=EPILOG_PLAY, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="*", metavar="MODEL", help="a tinylm run, a Hugging Face model folder or a .gguf file")
     p.add_argument("--games", default="tictactoe,connect4", metavar="G1,G2",

@@ -170,9 +170,10 @@ def format_table(report: dict) -> str:
                   f"| player | games | W | D | L | score | 95% Wilson | Elo ({g['anchor']} = 0) | 95% interval |",
                   "|---|---:|---:|---:|---:|---:|---|---:|---|"]
         for r in g["players"]:
+            interval = "anchor" if r["player"] == g["anchor"] else f"{r['elo_low']:+.0f} to {r['elo_high']:+.0f}"
             lines.append(f"| {r['player']} | {r['games']} | {r['wins']} | {r['draws']} | {r['losses']} | "
                          f"{r['score']:.3f} | {r['score_low']:.3f}-{r['score_high']:.3f} | {r['elo']:+.0f} | "
-                         f"{r['elo_low']:+.0f} to {r['elo_high']:+.0f} |")
+                         f"{interval} |")
         lines += ["", "| pairing | games | W | D | L | score of the first | 95% Wilson |", "|---|---:|---:|---:|---:|---:|---|"]
         for r in g["pairings"]:
             lines.append(f"| {r['players'][0]} vs {r['players'][1]} | {r['games']} | {r['wins']} | {r['draws']} | "

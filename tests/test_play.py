@@ -185,6 +185,12 @@ def test_cli_plays_a_tiny_run_writes_table_and_plot_and_resumes(tiny_run, tmp_pa
     assert code == 2 and "other settings" in err and "--overwrite" in err
 
 
+def test_overwrite_refuses_to_delete_a_folder_that_is_not_a_tournament(tiny_run, cli):
+    run, _, _ = tiny_run
+    code, _, err = cli("play", "--builtin", "first-legal", "--out", run, "--overwrite")
+    assert code == 2 and "no tinylm play results" in err and (run / "checkpoint").is_dir()
+
+
 @pytest.mark.parametrize("args, message", [
     (["no/such/model"], "does not exist"),
     (["--games", "chess", "--builtin", "first-legal"], "unknown game 'chess'"),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 from tinylm.errors import TinyLMError
 from tinylm.play.games import FIRST, GAMES, SECOND, Game, perfect_value
@@ -77,8 +78,8 @@ def play_pairing(game: Game, a, b, rounds: int, seed: int, opening_moves: int, b
             "wins": sum(a_won), "draws": draws, "losses": len(games) - sum(a_won) - draws, "games": games}
 
 
-def run_play(models: list[str | Path], out: str | Path, games: list[str] = ("tictactoe", "connect4"),
-             rounds: int = 20, seed: int = 0, random_player: bool = True, builtins: list[str] = (),
+def run_play(models: Sequence[str | Path], out: str | Path, games: Sequence[str] = ("tictactoe", "connect4"),
+             rounds: int = 20, seed: int = 0, random_player: bool = True, builtins: Sequence[str] = (),
              opening_moves: int = 2, device: str = "cpu", overwrite: bool = False, progress: bool = True) -> dict:
     """Play (or resume) the round-robin in `out`; returns what results.json records."""
     for name in games:
@@ -98,6 +99,10 @@ def run_play(models: list[str | Path], out: str | Path, games: list[str] = ("tic
                               "the player out")
     out = Path(out)
     if overwrite and out.exists():
+        if any(out.iterdir()) and not (out / "pairings").is_dir():
+            # --out pointing at a run by mistake must not delete the run
+            raise TinyLMError(f"'{out}' holds files but no tinylm play results; --overwrite deletes only those, "
+                              "so give another --out")
         shutil.rmtree(out)
     settings = {"rounds": rounds, "seed": seed, "opening_moves": opening_moves}
     pairings = []  # (game, a, b, result file): a before b by name, so the file does not depend on the order given

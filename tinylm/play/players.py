@@ -62,7 +62,8 @@ class ModelPlayer:
 
     def __init__(self, source: str | Path, name: str, device: str = "cpu", batch_size: int = 16):
         model_kind(source)  # a path that is not a model fails now, before any game is played
-        self.source, self.name, self.device, self.batch_size = str(source), name, device, batch_size
+        # resolved, so the pairing files it is recorded in match whatever folder the command runs from
+        self.source, self.name, self.device, self.batch_size = str(Path(source).resolve()), name, device, batch_size
         self._loaded: LoadedModel | None = None
         self._chosen: dict[tuple[str, str], int] = {}
 

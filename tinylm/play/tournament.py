@@ -123,7 +123,7 @@ def run_play(models: Sequence[str | Path], out: str | Path, games: Sequence[str]
                                   f"({record['settings']}, {record['sources']}); give another --out or pass "
                                   "--overwrite to play again")
             records.append(record)
-    report = summarise(players, records, settings, [n for n in dict.fromkeys(games)])
+    report = summarise(players, records, settings, list(dict.fromkeys(games)))
     write_json(out / "results.json", report)
     (out / "table.md").write_text(format_table(report) + "\n")
     plot_ratings(report, out / "ratings.png")

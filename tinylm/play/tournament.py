@@ -179,7 +179,8 @@ def format_table(report: dict) -> str:
             lines.append(f"| {r['player']} | {r['games']} | {r['wins']} | {r['draws']} | {r['losses']} | "
                          f"{r['score']:.3f} | {r['score_low']:.3f}-{r['score_high']:.3f} | {r['elo']:+.0f} | "
                          f"{interval} |")
-        lines += ["", "| pairing | games | W | D | L | score of the first | 95% Wilson |", "|---|---:|---:|---:|---:|---:|---|"]
+        lines += ["", "| pairing | games | W | D | L | score of the first | 95% Wilson |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
         for r in g["pairings"]:
             lines.append(f"| {r['players'][0]} vs {r['players'][1]} | {r['games']} | {r['wins']} | {r['draws']} | "
                          f"{r['losses']} | {r['score']:.3f} | {r['score_low']:.3f}-{r['score_high']:.3f} |")

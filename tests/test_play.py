@@ -185,6 +185,16 @@ def test_cli_plays_a_tiny_run_writes_table_and_plot_and_resumes(tiny_run, tmp_pa
     assert code == 2 and "other settings" in err and "--overwrite" in err
 
 
+def test_a_model_changed_at_the_same_path_is_not_credited_with_its_old_games(tiny_run, tmp_path, cli):
+    run, _, _ = tiny_run
+    out = tmp_path / "play"
+    assert cli("play", run, "--games", "tictactoe", "--rounds", "1", "--out", out)[0] == 0
+    weights = run / "checkpoint" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b" ")  # retrained in place, as far as the files tell
+    code, _, err = cli("play", run, "--games", "tictactoe", "--rounds", "1", "--out", out)
+    assert code == 2 and "has changed since its games" in err
+
+
 def test_overwrite_refuses_to_delete_a_folder_that_is_not_a_tournament(tiny_run, cli):
     run, _, _ = tiny_run
     code, _, err = cli("play", "--builtin", "first-legal", "--out", run, "--overwrite")

@@ -20,8 +20,10 @@ the game's seeded random.Random; only the random player draws from it.
 from __future__ import annotations
 
 import random
+from datetime import datetime, timezone
 from pathlib import Path
 
+from tinylm.checkpoint import find_checkpoint
 from tinylm.errors import TinyLMError
 from tinylm.eval.likelihood import encode_requests, loglikelihoods
 from tinylm.formats import LoadedModel, load_model, model_kind
@@ -31,21 +33,21 @@ BUILTIN_PLAYERS = ("random", "first-legal", "perfect")
 
 
 class RandomPlayer:
-    name, source, games = "random", "builtin:random", None  # games None: every game
+    name, source, version, games = "random", "builtin:random", "builtin", None  # games None: every game
 
     def choose(self, game: Game, board: str, rng: random.Random) -> int:
         return rng.choice(game.legal_moves(board))
 
 
 class FirstLegalPlayer:
-    name, source, games = "first-legal", "builtin:first-legal", None
+    name, source, version, games = "first-legal", "builtin:first-legal", "builtin", None
 
     def choose(self, game: Game, board: str, rng: random.Random) -> int:
         return game.legal_moves(board)[0]
 
 
 class PerfectPlayer:
-    name, source, games = "perfect", "builtin:perfect", (TICTACTOE.name,)
+    name, source, version, games = "perfect", "builtin:perfect", "builtin", (TICTACTOE.name,)
 
     def choose(self, game: Game, board: str, rng: random.Random) -> int:
         if game.name not in self.games:
@@ -61,9 +63,9 @@ class ModelPlayer:
     games = None
 
     def __init__(self, source: str | Path, name: str, device: str = "cpu", batch_size: int = 16):
-        model_kind(source)  # a path that is not a model fails now, before any game is played
         # resolved, so the pairing files it is recorded in match whatever folder the command runs from
         self.source, self.name, self.device, self.batch_size = str(Path(source).resolve()), name, device, batch_size
+        self.version = model_version(Path(source))  # a path that is not a model fails here, before any game
         self._loaded: LoadedModel | None = None
         self._chosen: dict[tuple[str, str], int] = {}
 
@@ -90,6 +92,16 @@ class ModelPlayer:
             scores = self.move_scores(game, board)
             self._chosen[key] = max(scores, key=scores.__getitem__)  # dicts keep move order: lowest move on ties
         return self._chosen[key]
+
+
+def model_version(source: Path) -> str:
+    """Size and modification time of the files holding a model's weights: a model retrained or replaced at the
+    same path gets another version, so games recorded for the old one are not taken for its own."""
+    root = find_checkpoint(source) if model_kind(source) == "tinylm" else source
+    files = [root] if root.is_file() else [f for f in root.rglob("*") if f.is_file()]
+    newest = max(f.stat().st_mtime for f in files)
+    return (f"{sum(f.stat().st_size for f in files)} bytes, modified "
+            f"{datetime.fromtimestamp(newest, timezone.utc):%Y-%m-%dT%H:%M:%SZ}")
 
 
 def make_players(models: list[str | Path], builtins: list[str], device: str = "cpu") -> list:

@@ -74,6 +74,7 @@ def play_pairing(game: Game, a, b, rounds: int, seed: int, opening_moves: int, b
     a_won = [g["result"] == (FIRST if g["x"] == a.name else SECOND) for g in games]
     draws = sum(g["result"] == "draw" for g in games)
     return {"game": game.name, "players": [a.name, b.name], "sources": [a.source, b.source],
+            "versions": [a.version, b.version],
             "settings": {"rounds": rounds, "seed": seed, "opening_moves": opening_moves},
             "wins": sum(a_won), "draws": draws, "losses": len(games) - sum(a_won) - draws, "games": games}
 
@@ -118,10 +119,15 @@ def run_play(models: Sequence[str | Path], out: str | Path, games: Sequence[str]
     with progress_bar(total=to_play, disable=not progress, desc="play", unit="game") as bar:
         for game, a, b, path in pairings:
             record = cached_step(path, lambda: play_pairing(game, a, b, rounds, seed, opening_moves, bar))
-            if record["settings"] != settings or record["sources"] != [a.source, b.source]:
+            if (record["settings"], record["sources"]) != (settings, [a.source, b.source]):
                 raise TinyLMError(f"'{path}' holds games played with other settings or models "
                                   f"({record['settings']}, {record['sources']}); give another --out or pass "
                                   "--overwrite to play again")
+            for player, version in zip((a, b), record["versions"]):
+                if version != player.version:
+                    raise TinyLMError(f"'{player.source}' has changed since its games in '{path}' were played "
+                                      f"({version}, now {player.version}); pass --overwrite to play again or "
+                                      "give another --out")
             records.append(record)
     report = summarise(players, records, settings, list(dict.fromkeys(games)))
     write_json(out / "results.json", report)

@@ -12,8 +12,10 @@ seed, the game, the round and the seats, so a tournament is reproducible for
 a seed whatever the order of its players.
 
 A pairing's games are recorded in DIR/pairings/<game>/<a>--<b>.json when it is
-complete; a re-run skips recorded pairings, so a killed tournament resumes
-and adding a player plays only the new pairings. Summaries (tinylm.play.ratings)
+complete, with the settings and each model's path and version (size and time
+of its weights); a re-run skips recorded pairings, so a killed tournament
+resumes and adding a player plays only the new pairings, and it refuses a
+record whose settings or models have changed. Summaries (tinylm.play.ratings)
 go to DIR/results.json, DIR/table.md and DIR/ratings.png.
 """
 

@@ -296,6 +296,27 @@ def cmd_ablate(a: argparse.Namespace) -> None:
           f"({len(report['rows'])} rows x {len(report['settings']['preset']['seeds'])} seeds)")
 
 
+def cmd_play(a: argparse.Namespace) -> None:
+    from tinylm.play import run_play
+
+    run_play(a.models, a.out, [g.strip() for g in a.games.split(",") if g.strip()], rounds=a.rounds, seed=a.seed,
+             random_player=not a.no_random, builtins=[b.strip() for b in a.builtin.split(",") if b.strip()],
+             opening_moves=a.opening_moves, device=a.device, overwrite=a.overwrite)
+    print((Path(a.out) / "table.md").read_text())
+    print(f"wrote {a.out}/results.json, table.md and ratings.png (games in {a.out}/pairings/)")
+
+
+EPILOG_PLAY = """A model plays the legal move whose text (" 5": square 5, or column 5) it scores most likely after the
+position's prompt, with the scorer of `tinylm eval --tasks`. Every pair plays 2 x ROUNDS games per game: each
+round opens with --opening-moves random moves and is played once with each player moving first.
+examples:
+  tinylm play runs/qs model.gguf --out runs/play                 # two models and the random player
+  tinylm play runs/qs --builtin perfect,first-legal --games tictactoe --rounds 50
+  tinylm play runs/a runs/b --no-random --seed 1 --out runs/play-ab
+re-running the same command resumes it; adding a model plays only its new pairings
+"""
+
+
 EPILOG_ABLATE = """rows (every one trained on the same amount of text, in bytes, once per seed):
   1 baseline              untied embeddings, SmolLM2's tokenizer compacted to 8,192 tokens, 8 x 256 (10.1M)
   2 +tied embeddings      the head tied to the embedding
@@ -579,6 +600,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true", help="delete an ablation already in --out and start again")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("play", help="models play tic-tac-toe and connect four against each other (round-robin)",
+                       description="Self-play evaluation: MODELs (tinylm runs, Hugging Face folders, .gguf files), "
+                                   "the random-legal-move player\nand any --builtin players play a round-robin of "
+                                   "small board games rendered as text. Writes into --out:\n"
+                                   "results.json (every game), table.md (wins/draws/losses, scores with Wilson 95% "
+                                   "intervals,\nBradley-Terry Elo with the random player at 0) and ratings.png.",
+                       epilog=EPILOG_PLAY, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="*", metavar="MODEL", help="a tinylm run, a Hugging Face model folder or a .gguf file")
+    p.add_argument("--games", default="tictactoe,connect4", metavar="G1,G2",
+                   help="games to play: tictactoe, connect4 (default: both)")
+    p.add_argument("--rounds", type=int, default=20, metavar="N",
+                   help="rounds per pairing and game, two games each, seats swapped (default 20: 40 games)")
+    p.add_argument("--opening-moves", type=int, default=2, metavar="K",
+                   help="random moves that open each round, so deterministic players do not repeat one game "
+                        "(tic-tac-toe: only moves that keep it a draw; default 2)")
+    p.add_argument("--builtin", default="", metavar="P1,P2",
+                   help="fixed players to add: perfect (tic-tac-toe only, exhaustive minimax), first-legal")
+    p.add_argument("--no-random", action="store_true", help="leave out the random-legal-move player")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/play", metavar="DIR", help="results folder (default: runs/play)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help="delete the games already in --out and play again")
+    p.set_defaults(func=cmd_play)
 
     p = sub.add_parser("speedrun", help="train a byte-level model on a text file for a fixed wall-clock budget",
                        description="Train a byte-level model on FILE (first 90% train, last 10% validation) for "

@@ -2,7 +2,9 @@ import json
 import random
 
 import pytest
+import torch
 
+from tinylm.checkpoint import load_checkpoint, save_checkpoint
 from tinylm.play import run_play
 from tinylm.play.games import CONNECT4, DRAW, TICTACTOE
 from tinylm.play.players import FirstLegalPlayer, ModelPlayer, PerfectPlayer, RandomPlayer
@@ -189,8 +191,10 @@ def test_a_model_changed_at_the_same_path_is_not_credited_with_its_old_games(tin
     run, _, _ = tiny_run
     out = tmp_path / "play"
     assert cli("play", run, "--games", "tictactoe", "--rounds", "1", "--out", out)[0] == 0
-    weights = run / "checkpoint" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes() + b" ")  # retrained in place, as far as the files tell
+    trained = load_checkpoint(run)
+    with torch.no_grad():
+        next(trained.model.parameters()).add_(0.01)
+    save_checkpoint(run, trained.model, trained.cfg, trained.tokenizer)  # retrained in place
     code, _, err = cli("play", run, "--games", "tictactoe", "--rounds", "1", "--out", out)
     assert code == 2 and "has changed since its games" in err
 

@@ -33,7 +33,7 @@ def start_run(tmp_path_factory):
     cfg = load_config(overrides=[
         f"data.path={root / 'corpus.txt'}", "data.tokenizer=byte", f"data.cache_dir={root / 'cache'}",
         "model.n_layer=2", "model.d_model=32", "model.n_heads=2", "model.n_kv_heads=1", "model.max_seq_len=32",
-        "train.batch_size=8", "train.max_steps=30", "train.lr=1e-2", "train.warmup_steps=2", "train.eval_every=0",
+        "train.batch_size=8", "train.max_steps=20", "train.lr=1e-2", "train.warmup_steps=2", "train.eval_every=0",
         "train.ckpt_every=0", "train.device=cpu", "train.peak_tflops=1"])
     data_dir = prepare_cached(cfg.data, progress=False)
     train(cfg, TokenData.load(data_dir), byte_tokenizer(), root / "start", progress=False)
@@ -41,8 +41,8 @@ def start_run(tmp_path_factory):
 
 
 def settings(**changes) -> SpinSettings:
-    base = dict(iterations=2, prefixes=24, prefix_tokens=P, continuation_tokens=C, batch_size=8, lr=1e-3,
-                eval_prefixes=8, eval_tokens=512, generate_batch=10, max_bpb_rise=1.0)
+    base = dict(iterations=2, prefixes=16, prefix_tokens=P, continuation_tokens=C, batch_size=8, lr=1e-3,
+                eval_prefixes=8, eval_tokens=256, generate_batch=10, max_bpb_rise=1.0)
     return SpinSettings(**(base | changes))
 
 
@@ -153,7 +153,7 @@ def test_pairs_carry_the_sampling_models_hash_and_equal_length_continuations_wit
         pairs = torch.load(out / "iterations" / str(t) / "pairs.pt", weights_only=True)
         assert pairs["model_sha256"] == model_hash(opponent)
         real, synthetic = pairs["real"], pairs["synthetic"]
-        assert real.shape == synthetic.shape == (24, P + C)
+        assert real.shape == synthetic.shape == (16, P + C)
         assert torch.equal(real[:, :P], synthetic[:, :P])  # the same prompts
         assert not (synthetic[:, P:] == 256).any() and not (real == 256).any()  # 256: the byte tokenizer's EOS
         assert not torch.equal(real[:, P:], synthetic[:, P:])
@@ -188,24 +188,24 @@ def test_a_finished_run_reuses_its_pairs_and_refuses_pairs_of_another_model(star
 
 def test_resume_at_any_point_ends_where_an_uninterrupted_run_does(start_run, tmp_path, monkeypatch):
     run_spin(start_run, tmp_path / "whole", settings(), progress=False)
-    # killed while sampling iteration 2's second chunk: calls are the start model's samples, iteration 1's four
-    # chunks (32 prompts, 10 a chunk), iteration 1's samples, then iteration 2's chunks
+    # killed while sampling iteration 2's second chunk: calls are the start model's samples, iteration 1's three
+    # chunks (24 prompts, 10 a chunk), iteration 1's samples, then iteration 2's chunks
     calls, real_generate = [], generate_batch
 
-    def dies_on_the_eighth_call(*args, **kwargs):
+    def dies_on_the_seventh_call(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 8:
+        if len(calls) == 7:
             raise KeyboardInterrupt
         return real_generate(*args, **kwargs)
 
-    monkeypatch.setattr(spin_module, "generate_batch", dies_on_the_eighth_call)
+    monkeypatch.setattr(spin_module, "generate_batch", dies_on_the_seventh_call)
     with pytest.raises(KeyboardInterrupt):
         run_spin(start_run, tmp_path / "split", settings(), progress=False)
     monkeypatch.setattr(spin_module, "generate_batch", real_generate)
     assert [p.name for p in (tmp_path / "split" / "iterations" / "2" / "pairs").iterdir()] == ["chunk-00000.pt"]
-    # then killed in iteration 2's training, after step 2
+    # then killed in iteration 2's training, after its first of two steps
     with pytest.raises(KeyboardInterrupt):
-        run_spin(start_run, tmp_path / "split", settings(), progress=False, callbacks=(StopAt(2),))
+        run_spin(start_run, tmp_path / "split", settings(), progress=False, callbacks=(StopAt(1),))
     assert (tmp_path / "split" / "iterations" / "2" / "run" / "checkpoint" / "state.pt").is_file()
     run_spin(start_run, tmp_path / "split", settings(), progress=False)
     assert iteration_rows(tmp_path / "split") == iteration_rows(tmp_path / "whole")

@@ -164,8 +164,8 @@ def _save_atomic(value, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _sample(model, prompts: torch.Tensor, settings: SpinSettings, eos_id: int, seed: list[int], first: int = 0
-            ) -> torch.Tensor:
+def sample_continuations(model, prompts: torch.Tensor, settings: SpinSettings, eos_id: int, seed: list[int],
+                         first: int = 0) -> torch.Tensor:
     """The model's continuations of `prompts` (rows first.. of a set) at temperature 1 with EOS suppressed, in
     chunks of generate_batch rows, each seeded by (seed, its first row), so the result does not depend on where
     a run was interrupted."""
@@ -204,7 +204,8 @@ def make_pairs(folder: Path, opponent: Path, data: TokenData, held_out: torch.Te
         chunk_file = chunks / f"chunk-{index:05d}.pt"
         chunk = torch.load(chunk_file, weights_only=True) if chunk_file.is_file() else None
         if chunk is None or chunk["model_sha256"] != digest:
-            sampled = _sample(model, prompts[start:start + step], settings, eos, [settings.seed, iteration, 0], start)
+            sampled = sample_continuations(model, prompts[start:start + step], settings, eos,
+                                           [settings.seed, iteration, 0], start)
             chunk = {"synthetic": sampled, "model_sha256": digest}
             _save_atomic(chunk, chunk_file)
         samples.append(chunk["synthetic"])
@@ -251,7 +252,7 @@ def evaluate_iteration(model, reference, data: TokenData, val_bpb: float, pairs:
         x, y = pair_batch(pairs["eval_real"], pairs["eval_synthetic"], P)
         _, numbers = spin(model, Batch(x, y, 0), reference, settings.beta, 0.0)
         row |= {k: numbers[k].item() for k in ("logp_real", "reward_accuracy", "reward_margin")}
-    samples = _sample(model, held_out[:, :P], settings, data.eos_id, [settings.seed, iteration, 1])
+    samples = sample_continuations(model, held_out[:, :P], settings, data.eos_id, [settings.seed, iteration, 1])
     return row | sample_metrics(samples)
 
 

@@ -69,7 +69,6 @@ def main() -> None:
     a = parser.parse_args()
     start = load_checkpoint(a.start)
     fpt = start.model.flops_per_token(start.cfg.model.max_seq_len)
-    results = []
     for seed in a.seeds:
         settings = SpinSettings(iterations=a.iterations, prefixes=a.prefixes, lr=a.lr, nll_weight=a.nll_weight,
                                 eval_tokens=a.eval_tokens, seed=seed)
@@ -95,13 +94,11 @@ def main() -> None:
                     **score_baseline(a.work / f"train-{name}", settings, result.val_bits_per_byte)}
 
         more = cached_step(a.work / f"train-{name}.json", baseline)
-        results.append({"seed": seed, "settings": dataclasses.asdict(settings), "flops": flops,
-                        "spin_seconds": spin_seconds, "spin": spin.rows, "spin_kept": spin.kept,
-                        "spin_stopped": spin.stopped, "more_training": more})
-        print(json.dumps(results[-1], indent=1))
-    a.out.mkdir(parents=True, exist_ok=True)
-    write_json(a.out / f"results-lr{a.lr:g}-nll{a.nll_weight:g}.json",
-               {"start": str(a.start), "flops_per_token": fpt, "runs": results})
+        result = {"start": str(a.start), "seed": seed, "settings": dataclasses.asdict(settings),
+                  "flops_per_token": fpt, "flops": flops, "spin_seconds": spin_seconds, "spin": spin.rows,
+                  "spin_kept": spin.kept, "spin_stopped": spin.stopped, "more_training": more}
+        write_json(a.out / f"{name}.json", result)
+        print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

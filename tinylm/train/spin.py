@@ -243,14 +243,14 @@ def evaluate_iteration(model, reference, data: TokenData, val_bpb: float, pairs:
     """The per-iteration metrics (module docstring); without `pairs` (the start model) no rewards."""
     model.eval()
     row: dict = {"iteration": iteration, "val_bpb": val_bpb}
-    P = settings.prefix_tokens
+    P, device = settings.prefix_tokens, model.embed.weight.device
     if pairs is None:
         x, y = held_out[:, :-1], held_out[:, 1:].clone()
         y[:, :P - 1] = -1
-        row["logp_real"] = sequence_logprobs(model(x), y).mean().item()
+        row["logp_real"] = sequence_logprobs(model(x.to(device)), y.to(device)).mean().item()
     else:
         x, y = pair_batch(pairs["eval_real"], pairs["eval_synthetic"], P)
-        _, numbers = spin(model, Batch(x, y, 0), reference, settings.beta, 0.0)
+        _, numbers = spin(model, Batch(x.to(device), y.to(device), 0), reference, settings.beta, 0.0)
         row |= {k: numbers[k].item() for k in ("logp_real", "reward_accuracy", "reward_margin")}
     samples = sample_continuations(model, held_out[:, :P], settings, data.eos_id, [settings.seed, iteration, 1])
     return row | sample_metrics(samples)

@@ -77,23 +77,25 @@ def main() -> None:
         spin = run_spin(a.start, a.work / f"spin-{name}", settings)
         spin_seconds = time.perf_counter() - tic
         flops = spin_flops(settings, fpt, len(spin.rows) - 1)
+        tokens = int(flops / fpt)
+        baseline_name = f"seed{seed}-tokens{tokens}"  # one baseline serves every SPIN setting of equal compute
 
         def baseline() -> dict:
             cfg = copy.deepcopy(start.cfg)
             t = cfg.train
-            t.seed, t.max_steps, t.max_seconds = seed, 0, 0.0
-            t.max_tokens = int(flops / fpt)
-            steps = t.max_tokens // (t.batch_size * t.grad_accum * cfg.model.max_seq_len)
+            t.seed, t.max_steps, t.max_seconds, t.max_tokens = seed, 0, 0.0, tokens
+            steps = tokens // (t.batch_size * t.grad_accum * cfg.model.max_seq_len)
             t.warmup_steps = min(t.warmup_steps, max(1, steps // 10))
             t.eval_every = t.ckpt_every = 0
             cfg.eval.max_tokens = a.eval_tokens
             data = TokenData.load(prepare_cached(cfg.data, progress=False))
             tic = time.perf_counter()
-            result = train(cfg, data, start.tokenizer, a.work / f"train-{name}", init_from=a.start, overwrite=True)
+            run = a.work / f"train-{baseline_name}"
+            result = train(cfg, data, start.tokenizer, run, init_from=a.start, overwrite=True)
             return {"steps": result.steps, "tokens": result.tokens, "seconds": time.perf_counter() - tic,
-                    **score_baseline(a.work / f"train-{name}", settings, result.val_bits_per_byte)}
+                    **score_baseline(run, settings, result.val_bits_per_byte)}
 
-        more = cached_step(a.work / f"train-{name}.json", baseline)
+        more = cached_step(a.work / f"train-{baseline_name}.json", baseline)
         result = {"start": str(a.start), "seed": seed, "settings": dataclasses.asdict(settings),
                   "flops_per_token": fpt, "flops": flops, "spin_seconds": spin_seconds, "spin": spin.rows,
                   "spin_kept": spin.kept, "spin_stopped": spin.stopped, "more_training": more}

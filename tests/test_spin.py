@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import json
 import math
 
@@ -237,3 +238,12 @@ def test_cli_runs_spin_and_refuses_to_replace_another_run(start_run, tmp_path, c
     assert code == 2 and "other settings" in err and "--overwrite" in err
     code, out, err = cli(*args, "--prefix-tokens", "30", "--out", tmp_path / "other")
     assert code == 2 and "exceed the model's context" in err and not (tmp_path / "other").exists()
+
+
+def test_the_command_line_defaults_are_the_library_defaults():
+    from tinylm.cli import build_parser
+
+    a = build_parser().parse_args(["spin", "run", "--out", "out"])
+    for field, value in dataclasses.asdict(SpinSettings()).items():
+        if field != "generate_batch":  # how many rows decode at once: not a setting of the method
+            assert getattr(a, field) == value, field

@@ -5,7 +5,8 @@ the previous iteration's own sample of exactly C tokens after the same prefix (t
 both sides have one length). Iteration t trains from iteration t−1's weights with iteration t−1 frozen as the
 reference (objectives.spin), through the ordinary training loop (`train` with the SPIN objective and a data
 source of pairs), so checkpoints, exact resume, the schedule and fault handling are the loop's own. Dropout is
-off throughout (dropout_schedule=early, dropout_until=0): the log-prob ratios must compare fixed functions.
+off throughout (dropout_schedule=early, dropout_until=0): the log-prob ratios must compare fixed functions. The
+loop counts "tokens" as batch_size × max_seq_len a step, as for any run; a SPIN step reads 2·B·(P + C − 1).
 
 Every iteration is a list of steps whose outputs are files, written atomically; a step that finds its output is
 skipped, so re-running the same command after a kill at any point continues, and on CPU ends where an

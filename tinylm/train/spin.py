@@ -386,10 +386,11 @@ def plot_iterations(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.2), dpi=100)
     for ax, (key, title) in zip(axes, panels):
         points = [(r["iteration"], r[key]) for r in rows if r.get(key) is not None]
-        ax.plot(*zip(*points), "o-", label=key)
+        ax.plot(*zip(*points), "o-", label="distinct-2")
         if key == "distinct_2":
             ax.plot([r["iteration"] for r in rows], [r["repetition_rate"] for r in rows], "s--", label="rep-4")
             ax.legend(fontsize=7)
+        ax.set_xticks([r["iteration"] for r in rows])
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)

@@ -9,6 +9,7 @@ validation bits per byte on the same tokens, mean log-prob of the held-out real 
 repetition rate of samples after the same held-out prefixes.
 
   PYTHONPATH=. python bench/spin.py /tmp/qs --out bench/results/spin --seeds 0 1 --prefixes 256
+  PYTHONPATH=. python bench/spin.py --out bench/results/spin --table
 """
 
 from __future__ import annotations
@@ -55,10 +56,27 @@ def score_baseline(run: Path, settings: SpinSettings, val_bpb: float) -> dict:
     return {"val_bpb": val_bpb, "logp_real": logp, **sample_metrics(samples)}
 
 
+def table(results: Path) -> str:
+    """The comparison in markdown: per setting and seed, the kept SPIN iteration against more training."""
+    lines = ["| setting | seed | val bits/byte (kept iteration) | more training | log p(real): SPIN, more training "
+             "| distinct-2: SPIN, more training | SPIN s (sample + train) | more training s |",
+             "|---|---:|---|---:|---|---|---:|---:|"]
+    for path in sorted(results.glob("lr*-seed*.json")):
+        r = json.loads(path.read_text())
+        kept, more, st = r["spin"][r["spin_kept"]], r["more_training"], r["settings"]
+        spent = sum(row.get("seconds_generate", 0) + row.get("seconds_train", 0) for row in r["spin"])
+        trail = " → ".join(f"{row['val_bpb']:.4f}" for row in r["spin"])
+        lines.append(f"| lr {st['lr']:g}, NLL weight {st['nll_weight']:g} | {r['seed']} | {trail} (kept "
+                     f"{r['spin_kept']}) | {more['val_bpb']:.4f} | {kept['logp_real']:.1f}, {more['logp_real']:.1f} | "
+                     f"{kept['distinct_2']:.3f}, {more['distinct_2']:.3f} | {spent:.0f} | {more['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("start", type=Path)
+    parser.add_argument("start", type=Path, nargs="?")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--table", action="store_true", help="print the comparison table of the results in --out")
     parser.add_argument("--work", type=Path, default=Path("/tmp/spin-bench/work"), help="runs (not committed)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--iterations", type=int, default=2)
@@ -67,6 +85,9 @@ def main() -> None:
     parser.add_argument("--nll-weight", type=float, default=0.0)
     parser.add_argument("--eval-tokens", type=int, default=32768)
     a = parser.parse_args()
+    if a.table:
+        print(table(a.out))
+        return
     start = load_checkpoint(a.start)
     fpt = start.model.flops_per_token(start.cfg.model.max_seq_len)
     for seed in a.seeds:

@@ -84,6 +84,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--nll-weight", type=float, default=0.0)
     parser.add_argument("--eval-tokens", type=int, default=32768)
+    parser.add_argument("--baseline-lr-scale", type=float, default=0.0,
+                        help="0: more training re-warms to the recipe's peak learning rates and decays again; "
+                             ">0: it runs at this share of them, constant, without warmup")
     a = parser.parse_args()
     if a.table:
         print(table(a.out))
@@ -94,12 +97,14 @@ def main() -> None:
         settings = SpinSettings(iterations=a.iterations, prefixes=a.prefixes, lr=a.lr, nll_weight=a.nll_weight,
                                 eval_tokens=a.eval_tokens, seed=seed)
         name = f"lr{a.lr:g}-nll{a.nll_weight:g}-seed{seed}"
+        suffix = f"-baseline-lr{a.baseline_lr_scale:g}x" if a.baseline_lr_scale else ""
         tic = time.perf_counter()
         spin = run_spin(a.start, a.work / f"spin-{name}", settings)
         spin_seconds = time.perf_counter() - tic
         flops = spin_flops(settings, fpt, len(spin.rows) - 1)
         tokens = int(flops / fpt)
-        baseline_name = f"seed{seed}-tokens{tokens}"  # one baseline serves every SPIN setting of equal compute
+        # one baseline serves every SPIN setting of equal compute
+        baseline_name = f"seed{seed}-tokens{tokens}" + (f"-lr{a.baseline_lr_scale:g}x" if a.baseline_lr_scale else "")
 
         def baseline() -> dict:
             cfg = copy.deepcopy(start.cfg)
@@ -107,6 +112,9 @@ def main() -> None:
             t.seed, t.max_steps, t.max_seconds, t.max_tokens = seed, 0, 0.0, tokens
             steps = tokens // (t.batch_size * t.grad_accum * cfg.model.max_seq_len)
             t.warmup_steps = min(t.warmup_steps, max(1, steps // 10))
+            if a.baseline_lr_scale:  # the start finished its decay: continue near where it ended
+                t.schedule, t.warmup_steps = "constant", 0
+                t.lr, t.muon_lr = t.lr * a.baseline_lr_scale, t.muon_lr * a.baseline_lr_scale
             t.eval_every = t.ckpt_every = 0
             cfg.eval.max_tokens = a.eval_tokens
             data = TokenData.load(prepare_cached(cfg.data, progress=False))
@@ -118,9 +126,9 @@ def main() -> None:
 
         more = cached_step(a.work / f"train-{baseline_name}.json", baseline)
         result = {"start": str(a.start), "seed": seed, "settings": dataclasses.asdict(settings),
-                  "flops_per_token": fpt, "flops": flops, "spin_seconds": spin_seconds, "spin": spin.rows,
+                  "baseline_lr_scale": a.baseline_lr_scale, "flops_per_token": fpt, "flops": flops, "spin_seconds": spin_seconds, "spin": spin.rows,
                   "spin_kept": spin.kept, "spin_stopped": spin.stopped, "more_training": more}
-        write_json(a.out / f"{name}.json", result)
+        write_json(a.out / f"{name}{suffix}.json", result)
         print(json.dumps(result, indent=1))
 
 

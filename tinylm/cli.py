@@ -266,6 +266,21 @@ def cmd_export(a: argparse.Namespace) -> None:
     print(f"wrote {', '.join(str(p) for p in result.paths)} ({a.format}, {a.dtype})")
 
 
+def cmd_spin(a: argparse.Namespace) -> None:
+    from tinylm.train.spin import SpinSettings, format_table, run_spin
+
+    settings = SpinSettings(iterations=a.iterations, prefixes=a.prefixes, prefix_tokens=a.prefix_tokens,
+                            continuation_tokens=a.continuation_tokens, beta=a.beta, nll_weight=a.nll_weight, lr=a.lr,
+                            epochs=a.epochs, batch_size=a.batch_size, eval_prefixes=a.eval_prefixes,
+                            eval_tokens=a.eval_tokens, max_bpb_rise=a.max_bpb_rise, seed=a.seed)
+    result = run_spin(a.run, a.out, settings, device=a.device, overwrite=a.overwrite)
+    print(format_table(result.rows, result.kept))
+    if result.stopped:
+        print(f"stopped: {result.stopped}")
+    print(f"kept iteration {result.kept} in {a.out}/checkpoint; per-iteration metrics in {a.out}/metrics.jsonl, "
+          f"spin.md and spin.png")
+
+
 def cmd_speedrun(a: argparse.Namespace) -> None:
     from tinylm.speedrun import speedrun
 
@@ -624,6 +639,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true", help="delete the games already in --out and play again")
     p.set_defaults(func=cmd_play)
+    p = sub.add_parser("spin", help="self-play fine-tuning (SPIN) of a run on its own text",
+                       description="SPIN on plain text: each iteration samples continuations of training-document "
+                                   "prefixes from the previous model, trains it to prefer the true continuations "
+                                   "over its own (previous model as reference), and evaluates. Re-running the same "
+                                   "command resumes.")
+    p.add_argument("run", help="the run to fine-tune")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--prefixes", type=int, default=2000, help="training pairs per iteration")
+    p.add_argument("--prefix-tokens", type=int, default=64)
+    p.add_argument("--continuation-tokens", type=int, default=48)
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--nll-weight", type=float, default=0.0, help="weight of an NLL anchor on the real continuation "
+                                                                "(0 = pure SPIN, 1 = RPO-style)")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW peak learning rate")
+    p.add_argument("--epochs", type=int, default=1, help="passes over each iteration's pairs")
+    p.add_argument("--batch-size", type=int, default=16, help="pairs per step")
+    p.add_argument("--eval-prefixes", type=int, default=64, help="held-out pairs and samples per evaluation")
+    p.add_argument("--eval-tokens", type=int, default=65536, help="validation tokens for bits per byte (0 = all)")
+    p.add_argument("--max-bpb-rise", type=float, default=0.01,
+                   help="stop when validation bits per byte rise more than this share over the start model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help="delete what --out holds and start again")
+    p.set_defaults(func=cmd_spin)
 
     p = sub.add_parser("speedrun", help="train a byte-level model on a text file for a fixed wall-clock budget",
                        description="Train a byte-level model on FILE (first 90% train, last 10% validation) for "

@@ -1,4 +1,5 @@
-"""Sampling with a KV cache: temperature, top-k, top-p (nucleus), EOS stop."""
+"""Sampling with a KV cache: temperature, top-k, top-p (nucleus), EOS stop; `generate_batch` decodes many
+equal-length prompts at once (SPIN's synthetic continuations)."""
 
 from __future__ import annotations
 
@@ -70,4 +71,37 @@ def generate(model: Transformer | ByteTransformer, prompt: list[int], max_new_to
         else:
             logits = model(nxt.view(1, 1), cache=cache, start=pos)[:, -1]
             pos += 1
+    return out
+
+
+@torch.no_grad()
+def generate_batch(model: Transformer, prompts: torch.Tensor, new_tokens: int, temperature: float = 1.0,
+                   top_k: int = 0, top_p: float = 1.0, suppress: tuple[int, ...] = (),
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Exactly `new_tokens` ids continuing each row of `prompts` (B, P), (B, new_tokens), decoded together with
+    one KV cache. Every prompt has the same length, so no row needs padding and a row's continuation does not
+    depend on the others' (except through the shared `generator`). The ids in `suppress` are never drawn (an EOS
+    suppressed keeps every row exactly new_tokens long). No sliding: P + new_tokens must fit the context.
+    """
+    batch, length = prompts.shape
+    if length < 1 or length + new_tokens > model.cfg.max_seq_len:
+        raise ValueError(f"a {length}-token prompt and {new_tokens} new tokens do not fit "
+                         f"model.max_seq_len={model.cfg.max_seq_len}")
+    model.eval()
+    device = model.embed.weight.device
+    cache = KVCache(model.cfg, batch, length + new_tokens, device, model.embed.weight.dtype)
+    logits = model(prompts.to(device), cache=cache, start=0)[:, -1]
+    out = torch.empty(batch, new_tokens, dtype=torch.long, device=device)
+    for i in range(new_tokens):
+        logits = logits.float()
+        if suppress:
+            logits[:, list(suppress)] = float("-inf")
+        if temperature == 0:
+            nxt = logits.argmax(-1, keepdim=True)
+        else:
+            probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+            nxt = torch.multinomial(probs, 1, generator=generator)
+        out[:, i] = nxt[:, 0]
+        if i + 1 < new_tokens:
+            logits = model(nxt, cache=cache, start=length + i)[:, -1]
     return out

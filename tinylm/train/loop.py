@@ -37,7 +37,7 @@ from tinylm.model import Transformer, build_model, sum_nats
 from tinylm.progress import progress_bar
 from tinylm.tokenizer import PATCHES, Tokenizer
 from tinylm.train.loggers import TRACKER_DIRS, open_loggers, trackers
-from tinylm.train.objectives import Batch, build_objective
+from tinylm.train.objectives import Batch, Objective, build_objective
 from tinylm.train.optim import build_optimizer, peak_lrs
 from tinylm.train.perf import peak_flops
 from tinylm.train.plot import plot_metrics
@@ -153,12 +153,13 @@ def _trim_metrics(path: Path, step: int) -> None:
 def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Path | None = None, *,
           resume: bool = False, init_from: str | Path | None = None, overwrite: bool = False,
           callbacks: tuple[Callable[[StepInfo], None], ...] = (), start_time: float | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, objective: Objective | None = None) -> TrainResult:
     """Train a model on `data`; with `run_dir`, write config, metrics, checkpoints and a loss plot there.
 
     `start_time` (a time.perf_counter() value) makes a time limit count from before the call, e.g.
     to include setup. A KeyboardInterrupt saves a checkpoint before it propagates. `overwrite`
-    removes an earlier run in `run_dir`, only once the new one has been set up without error.
+    removes an earlier run in `run_dir`, only once the new one has been set up without error. `objective`
+    replaces the configured one (SPIN's pairwise loss, whose batches `data` makes).
     """
     tc = cfg.train
     if not (tc.max_steps or tc.max_tokens or tc.max_seconds):
@@ -188,7 +189,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     # distributed: FSDP shards the model in place, before the optimizer sees its parameters
     train_model = parallel.wrap(model, device, bf16=isinstance(autocast_for(device, tc.precision), torch.autocast))
     optimizer = build_optimizer(model, cfg, device)
-    objective = build_objective(cfg, tokenizer, device)  # before the run directory is touched: it may fail
+    if objective is None:
+        objective = build_objective(cfg, tokenizer, device)  # before the run directory is touched: it may fail
     trackers(tc)  # likewise: an unknown tracker or a missing package fails here
     peak_lr = peak_lrs(cfg)[0]  # AdamW's, as logged
     step, tokens, seconds = 0, 0, 0.0

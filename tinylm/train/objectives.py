@@ -18,6 +18,16 @@ Everything is in fp32. The KL is summed over the vocabulary, then averaged over 
 on (B, T, V) divides by B alone, which in public KD code made the KL T times the CE it was mixed with.
 Logs of a probability that is 0 (teacher mass that underflowed, or a cached target's unsampled tokens) are
 taken at the smallest normal fp32 instead, so reverse KL stays finite; 0·log 0 counts as 0.
+
+spin: self-play fine-tuning (SPIN, arXiv 2401.01335; docs next-techniques.md §1). A batch holds B real sequences
+(prompt + true continuation) then the B synthetic ones (the same prompts + the frozen reference's own samples);
+targets are -1 on the prompt, so s(y) below sums log-probs over the continuation only. With π the model trained
+and π_t the reference (the previous iteration):
+  reward(y) = β·(s_π(y) − s_πt(y)),  loss = −log σ(reward(real) − reward(synthetic)) + α·NLL_π(real) / L_c
+The first term is DPO's logistic loss with the real text as "chosen" (uclaml/SPIN `spin_loss`); α weighs an
+NLL anchor on the real continuation (per token), which keeps both log-probs from falling together
+(uclaml/SPIN#13). Log-probs are sums, not means, as in the paper; real and synthetic continuations have the same
+length, so the sum carries no length bias.
 """
 
 from __future__ import annotations
@@ -88,6 +98,39 @@ def distillation(model: torch.nn.Module, batch: Batch, teacher: Targets, kind: s
                  temperature: float, skew: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return distillation_loss(model(batch.x), batch.y, teacher.targets(batch.x, batch.index), kind, alpha,
                              temperature, skew)
+
+
+def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed log-probability of each row's targets, (B,) from (B, T, V) logits; a target of -1 counts 0."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    real = targets != -1
+    picked = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return (picked * real).sum(-1)
+
+
+def spin_loss(policy_real: torch.Tensor, policy_synthetic: torch.Tensor, reference_real: torch.Tensor,
+              reference_synthetic: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The SPIN/DPO logistic loss from summed continuation log-probs (each (B,)), and its rewards: accuracy is the
+    share of pairs whose real reward beats the synthetic one, margin their mean difference."""
+    reward_real = beta * (policy_real - reference_real)
+    reward_synthetic = beta * (policy_synthetic - reference_synthetic)
+    margin = reward_real - reward_synthetic
+    numbers = {"reward_real": reward_real.mean().detach(), "reward_synthetic": reward_synthetic.mean().detach(),
+               "reward_accuracy": (margin > 0).float().mean().detach(), "reward_margin": margin.mean().detach()}
+    return -F.logsigmoid(margin).mean(), numbers
+
+
+def spin(model: torch.nn.Module, batch: Batch, reference: torch.nn.Module, beta: float, nll_weight: float
+         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SPIN on a batch of B real rows then B synthetic rows (see the module docstring); `reference` is frozen."""
+    logps = sequence_logprobs(model(batch.x), batch.y)
+    with torch.no_grad():
+        reference_logps = sequence_logprobs(reference(batch.x), batch.y)
+    pairs = len(logps) // 2
+    loss, numbers = spin_loss(logps[:pairs], logps[pairs:], reference_logps[:pairs], reference_logps[pairs:], beta)
+    nll = -logps[:pairs].sum() / (batch.y[:pairs] != -1).sum().clamp_min(1)
+    numbers |= {"logp_real": logps[:pairs].mean().detach(), "nll_real": nll.detach()}
+    return (loss + nll_weight * nll if nll_weight else loss), numbers
 
 
 def build_objective(cfg: Config, tokenizer: Tokenizer, device: torch.device) -> Objective:

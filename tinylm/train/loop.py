@@ -32,7 +32,7 @@ from tinylm.errors import TinyLMError
 from tinylm.model import Transformer, build_model, sum_nats
 from tinylm.progress import progress_bar
 from tinylm.tokenizer import PATCHES, Tokenizer
-from tinylm.train.objectives import Batch, build_objective
+from tinylm.train.objectives import Batch, backpropagates, build_objective
 from tinylm.train.optim import build_optimizer, peak_lrs
 from tinylm.train.perf import peak_flops
 from tinylm.train.plot import plot_metrics
@@ -177,6 +177,7 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
         raise TinyLMError(str(e))
     optimizer = build_optimizer(model, cfg, device)
     objective = build_objective(cfg, tokenizer, device)  # before the run directory is touched: it may fail
+    self_backward = backpropagates(objective)  # e.g. multi-token heads in their memory-saving order
     peak_lr = peak_lrs(cfg)[0]  # AdamW's, as logged
     step, tokens, seconds = 0, 0, 0.0
     skipped, bad_steps = 0, 0  # steps skipped for a non-finite loss or gradient: in all, and in a row now
@@ -264,9 +265,11 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
             source_step = rounds.source_step(step)
             for micro, (x, y) in enumerate(micro_batches(source_step)):
                 with autocast:
-                    loss, numbers = objective(train_model, Batch(x, y, source_step * tc.grad_accum + micro))
+                    loss, numbers = objective(train_model, Batch(x, y, source_step * tc.grad_accum + micro, p,
+                                                                 1 / tc.grad_accum))
                     loss = loss / tc.grad_accum
-                loss.backward()
+                if not self_backward:
+                    loss.backward()
                 loss_sum += loss.detach()
                 for name, value in numbers.items():
                     numbers_sum[name] = numbers_sum.get(name, 0) + value / tc.grad_accum

@@ -114,8 +114,9 @@ def run_arms(grid: dict[str, list[str]], seeds: list[int], size: str, budget: st
             ckpt = load_checkpoint(run_dir)
             rows.append({"name": name, "seed": seed, "overrides": overrides, "size": size, "budget": budget,
                          "amount": amount, "steps": result.steps, "tokens": result.tokens,
-                         "seconds": round(result.seconds, 1), "params": result.params, "val_bpb": result.val_bits_per_byte,
-                         "val_loss": result.val_loss, "induction": induction_probe(ckpt.model, ckpt.tokenizer)})
+                         "seconds": round(result.seconds, 1), "params": result.params,
+                         "val_bpb": result.val_bits_per_byte, "val_loss": result.val_loss,
+                         "induction": induction_probe(ckpt.model, ckpt.tokenizer)})
             results_file.write_text(json.dumps(rows, indent=1) + "\n")
             print(f"{name} seed {seed}: {result.val_bits_per_byte:.4f} bpb, induction "
                   f"{rows[-1]['induction']['second_mention']:.3f}, {result.tokens:,} tokens, {result.seconds:.0f} s",
@@ -139,9 +140,9 @@ def table(rows: list[dict], names: list[str]) -> str:
         delta = f"{statistics.mean(paired):+.4f}" if paired and name != "baseline" else "–"
         ind2 = statistics.mean(r["induction"]["second_mention"] for r in rs)
         ind1 = statistics.mean(r["induction"]["first_mention"] for r in rs)
+        tokens, seconds = statistics.mean(r["tokens"] for r in rs), statistics.mean(r["seconds"] for r in rs)
         lines.append(f"| {name} | {', '.join(f'{b:.4f}' for b in bpb)} | {statistics.mean(bpb):.4f} | "
-                     f"{spread(bpb)} | {delta} | {ind2:.3f} / {ind1:.3f} | {statistics.mean(r['tokens'] for r in rs):,.0f} | "
-                     f"{statistics.mean(r['seconds'] for r in rs):.0f} |")
+                     f"{spread(bpb)} | {delta} | {ind2:.3f} / {ind1:.3f} | {tokens:,.0f} | {seconds:.0f} |")
     return "\n".join(lines)
 
 

@@ -310,6 +310,7 @@ def test_training_runs_write_checkpoints_that_speculate(cli, tmp_path, text_file
                        "model.n_layer=1", "model.d_model=32", "model.n_heads=2", "model.n_kv_heads=1",
                        "model.max_seq_len=32", "model.mtp=parallel", "model.mtp_heads=2", "train.max_steps=6",
                        "train.batch_size=4", "train.eval_every=0", "train.log_every=2", "train.warmup_steps=2",
+                       "data.workers=1",
                        "eval.max_tokens=256", "train.device=cpu", "--out", tmp_path / "run")
     assert code == 0, err
     log = (tmp_path / "run" / "metrics.jsonl").read_text()

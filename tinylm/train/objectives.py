@@ -15,7 +15,8 @@ the KL's gradients on the CE's scale as τ grows. `train.distill_loss` picks the
                                                           mixture bounds p/m ≤ 1/α_s where q ≈ 0
 multi_token: next-token CE + λ · (mean CE of the K extra predictions of model.mtp, see model/mtp.py), λ =
 train.mtp_weight shaped over training by train.mtp_schedule (train/schedule.py mtp_weight_at); this mean over
-the extra predictions is DeepSeek-V3's (λ/D)·Σ_k L^k, and Gloeckle et al.'s unweighted sum over n heads is λ = n−1.
+the extra predictions is DeepSeek-V3's (λ/D)·Σ_k L^k, and Gloeckle et al.'s unweighted sum over n heads is
+λ = n−1.
 Targets: the prediction k tokens ahead at position t learns x_{t+k}. A target beyond the window (the last k−1
 positions) is ignored rather than read from extra tokens, and so is one past a document's end: when any of
 x_{t+1}..x_{t+k−1} is EOS, x_{t+k} belongs to the next document, which nothing before the EOS can tell (the EOS

@@ -319,3 +319,9 @@ def test_training_runs_write_checkpoints_that_speculate(cli, tmp_path, text_file
                          "--speculative")
     assert code == 0, err
     assert out.startswith("the ") and "acceptance" in err and "tokens/s" in err
+
+
+def test_sample_speculative_refuses_a_model_without_extra_predictions(cli, tiny_run):
+    run, _, _ = tiny_run
+    code, _, err = cli("sample", run, "--speculative", "--max-tokens", "4")
+    assert code != 0 and "model.mtp=none" in err and "Traceback" not in err

@@ -17,7 +17,7 @@ Sizes (built-in corpus, BPE 4,096, context 128, batch 8, the quickstart recipe's
 Usage:
   python bench/mtp.py --size 1m --budget tokens --amount 150000 --seeds 0 1 2
   python bench/mtp.py --size 10m --budget seconds --amount 900 --seeds 0 1 2      # equal wall-clock, idle machine
-  python bench/mtp.py --speculative DIR/runs/<run> [--tokens 200 --prompts 5]     # acceptance and tokens/s
+  python bench/mtp.py --speculative DIR/runs/<run> [--tokens 200 --prompts 5 --temperature 0.8]  # drafting
 Results: DIR/results.json (resumable: finished runs are kept) and a markdown table on stdout
 (default DIR: bench/results/mtp/<size>-<budget>).
 """
@@ -146,8 +146,9 @@ def table(rows: list[dict], names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def speculative(run: Path, n_tokens: int, n_prompts: int) -> None:
-    """Greedy decoding of the run's validation text prompts, plain and self-speculative: acceptance and tokens/s."""
+def speculative(run: Path, n_tokens: int, n_prompts: int, temperature: float) -> None:
+    """Decoding from the run's validation text, plain and self-speculative: acceptance and tokens/s (and at
+    temperature 0 whether the outputs are identical)."""
     ckpt = load_checkpoint(run)
     model, tokenizer = ckpt.model.eval(), ckpt.tokenizer
     data = TokenData.load(prepare_cached(ckpt.cfg.data, progress=False))
@@ -155,17 +156,19 @@ def speculative(run: Path, n_tokens: int, n_prompts: int) -> None:
     torch.set_num_threads(1)
     plain_s = fast_s = 0.0
     drafted = accepted = same = 0
-    for prompt in prompts:
+    for i, prompt in enumerate(prompts):
         start = time.perf_counter()
-        plain = generate(model, prompt, n_tokens, temperature=0)
+        plain = generate(model, prompt, n_tokens, temperature, generator=torch.Generator().manual_seed(i))
         plain_s += time.perf_counter() - start
         start = time.perf_counter()
-        fast, stats = generate_speculative(model, prompt, n_tokens, temperature=0)
+        fast, stats = generate_speculative(model, prompt, n_tokens, temperature,
+                                           generator=torch.Generator().manual_seed(i))
         fast_s += time.perf_counter() - start
         drafted, accepted, same = drafted + stats.drafted, accepted + stats.accepted, same + (fast == plain)
     total = n_tokens * n_prompts
-    print(f"{run}: {ckpt.cfg.model.mtp} x{ckpt.cfg.model.mtp_heads}; greedy, {n_prompts} prompts x {n_tokens} tokens, "
-          f"1 thread: identical outputs {same}/{n_prompts}; acceptance {accepted / max(drafted, 1):.1%} "
+    identical = f"identical outputs {same}/{n_prompts}; " if temperature == 0 else ""
+    print(f"{run}: {ckpt.cfg.model.mtp} x{ckpt.cfg.model.mtp_heads}; temperature {temperature:g}, "
+          f"{n_prompts} prompts x {n_tokens} tokens, 1 thread: {identical}acceptance {accepted / max(drafted, 1):.1%} "
           f"({accepted}/{drafted}); plain {total / plain_s:,.0f} tokens/s, speculative {total / fast_s:,.0f} tokens/s "
           f"({plain_s / fast_s:.2f}x)")
 
@@ -184,9 +187,10 @@ def main() -> None:
     ap.add_argument("--speculative", type=Path, metavar="RUN", help="measure speculative decoding on a trained run")
     ap.add_argument("--tokens", type=int, default=200, help="--speculative: new tokens per prompt")
     ap.add_argument("--prompts", type=int, default=5, help="--speculative: prompts from the validation split")
+    ap.add_argument("--temperature", type=float, default=0.0, help="--speculative: 0 = greedy")
     a = ap.parse_args()
     if a.speculative:
-        return speculative(a.speculative, a.tokens, a.prompts)
+        return speculative(a.speculative, a.tokens, a.prompts, a.temperature)
     torch.set_num_threads(1)
     grid = arms(a.variants, a.weights, a.schedules)
     out = a.out or Path("bench/results/mtp") / f"{a.size}-{a.budget}"

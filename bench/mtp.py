@@ -129,15 +129,16 @@ def table(rows: list[dict], names: list[str]) -> str:
         return f"{max(values) - min(values):.4f}" if len(values) > 1 else "–"
 
     base = {r["seed"]: r["val_bpb"] for r in rows if r["name"] == "baseline"}
-    lines = ["| arm | val bpb per seed | mean | spread | Δ vs baseline (paired mean) | induction 2nd / 1st mention | "
-             "tokens | s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| arm | val bpb per seed | mean | spread | Δ vs baseline: mean (per seed) | "
+             "induction 2nd / 1st mention | tokens | s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name in names:
         rs = [r for r in rows if r["name"] == name]
         if not rs:
             continue
         bpb = [r["val_bpb"] for r in rs]
         paired = [r["val_bpb"] - base[r["seed"]] for r in rs if r["seed"] in base]
-        delta = f"{statistics.mean(paired):+.4f}" if paired and name != "baseline" else "–"
+        delta = (f"{statistics.mean(paired):+.4f} ({', '.join(f'{d:+.4f}' for d in paired)})"
+                 if paired and name != "baseline" else "–")
         ind2 = statistics.mean(r["induction"]["second_mention"] for r in rs)
         ind1 = statistics.mean(r["induction"]["first_mention"] for r in rs)
         tokens, seconds = statistics.mean(r["tokens"] for r in rs), statistics.mean(r["seconds"] for r in rs)

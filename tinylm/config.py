@@ -54,6 +54,10 @@ class ModelConfig:
     n_local_heads: int = 4  # attention heads of the byte encoder and decoder
     n_encoder_layers: int = 1  # causal blocks over all bytes, before pooling
     n_decoder_layers: int = 1  # blocks of the byte decoder, causal within the patch it predicts
+    # multi-token prediction (tinylm/model/mtp.py): extra predictions of later tokens, trained by train.mtp_*,
+    # used as drafts by `tinylm sample --speculative`, left out of export
+    mtp: str = "none"  # none | sequential: DeepSeek-V3's chained modules | parallel: Gloeckle et al.'s independent heads
+    mtp_heads: int = 1  # extra tokens predicted: sequential modules (DeepSeek's D) or heads beyond the next-token one
 
 
 @dataclass
@@ -125,6 +129,11 @@ class TrainConfig:
     # several processes (torchrun, or `tinylm train --nproc N`; tinylm/distributed.py)
     parallel: str = "ddp"  # ddp: every rank holds the whole model | fsdp: parameters and optimizer state sharded
     parallel_timeout: float = 600.0  # seconds a rank waits for the others in a collective before it gives up
+    # multi-token prediction (model.mtp): loss = next-token CE + weight * mean CE of the extra predictions
+    mtp_weight: float = 0.1  # lambda, the weight at its peak
+    mtp_schedule: str = "constant"  # constant | decay: linear to mtp_weight_final | curriculum: 0 -> mtp_weight
+    mtp_weight_final: float = 0.0  # decay: the weight at the end of training
+    mtp_ramp: float = 0.25  # curriculum: share of training over which the weight ramps up from 0
 
 
 @dataclass
@@ -294,6 +303,7 @@ RANGES: dict[str, Range] = {
     "model.n_local_heads": AT_LEAST_1,
     "model.n_encoder_layers": AT_LEAST_0,  # 0: patches pool the byte embeddings themselves
     "model.n_decoder_layers": AT_LEAST_0,
+    "model.mtp_heads": AT_LEAST_1,
     "data.vocab_size": AT_LEAST_1,
     "data.val_fraction": Range(0, 1, low_open=True, high_open=True),
     "data.workers": AT_LEAST_0,
@@ -325,6 +335,9 @@ RANGES: dict[str, Range] = {
     "train.log_every": AT_LEAST_0,  # 0: no loss lines
     "train.peak_tflops": AT_LEAST_0,
     "train.parallel_timeout": POSITIVE,
+    "train.mtp_weight": AT_LEAST_0,
+    "train.mtp_weight_final": AT_LEAST_0,
+    "train.mtp_ramp": FRACTION,
     "eval.max_tokens": AT_LEAST_0,
     "eval.batch_size": AT_LEAST_1,
     "eval.sample_tokens": AT_LEAST_1,

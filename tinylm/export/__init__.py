@@ -10,7 +10,8 @@
 A model with weight sharing goes to hf and gguf unrolled (each shared weight copied
 into every layer that applies it, since Llama has no notion of sharing); ONNX
 traces it as it is. FFN adapters have no place in a Llama layer: hf and gguf
-refuse them.
+refuse them. Multi-token prediction modules are training (and drafting) aids: every format gets the model
+without them (model/mtp.py without_mtp), whose logits are the trunk's next-token logits exactly.
 
 Each is written to a hidden staging path next to OUT and moved into place only
 when complete, so a failed export leaves nothing half-written and an older
@@ -44,6 +45,7 @@ def export(run: str | Path, fmt: str, out: str | Path, dtype: str = "f32", overw
     """Write the run's model in `fmt` to `out`."""
     from tinylm.checkpoint import CHECKPOINT, find_checkpoint, load_checkpoint, read_config
     from tinylm.model.llama import is_shared, unshare
+    from tinylm.model.mtp import without_mtp
 
     if fmt not in DTYPES:
         raise TinyLMError(f"unknown export format '{fmt}'; choose one of {', '.join(DTYPES)}")
@@ -72,6 +74,10 @@ def export(run: str | Path, fmt: str, out: str | Path, dtype: str = "f32", overw
     ckpt = load_checkpoint(run)
     model, tokenizer = ckpt.model.eval(), ckpt.tokenizer
     notes = []
+    if model.mtp is not None:
+        model = without_mtp(model)
+        notes.append(f"multi-token prediction ({ckpt.cfg.model.mtp}, {ckpt.cfg.model.mtp_heads} extra) left out: the "
+                     "export predicts the next token only, exactly as the trunk does")
     if fmt != "onnx" and is_shared(model.cfg):
         try:
             model = unshare(model)

@@ -21,6 +21,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     if cfg.kind == "token":
         return Transformer(cfg)
     if cfg.kind == "byte":
+        if cfg.mtp != "none":
+            raise ValueError(f"model.mtp={cfg.mtp} is for token models; set model.mtp=none for model.kind=byte")
         return ByteTransformer(cfg)
     raise ValueError(f"model.kind='{cfg.kind}' is not one of {', '.join(KINDS)}")
 

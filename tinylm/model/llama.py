@@ -40,6 +40,7 @@ def head_dim(cfg: ModelConfig) -> int:
 
 
 FFN_SHARING = ("none", "all", "interior")
+MTP_KINDS = ("none", "sequential", "parallel")  # model.mtp: see model/mtp.py
 
 
 def depth(cfg: ModelConfig) -> int:
@@ -70,6 +71,8 @@ def check_shape(cfg: ModelConfig) -> None:
     """Raise ValueError on a shape the model cannot be built with."""
     if cfg.vocab_size <= 0:
         raise ValueError("model.vocab_size must be set (it is normally taken from the tokenizer)")
+    if cfg.mtp not in MTP_KINDS:
+        raise ValueError(f"model.mtp='{cfg.mtp}' is not one of {', '.join(MTP_KINDS)}")
     if not cfg.head_dim and cfg.d_model % cfg.n_heads:
         raise ValueError(f"model.d_model={cfg.d_model} is not divisible by model.n_heads={cfg.n_heads}; "
                          "set model.head_dim")
@@ -242,6 +245,14 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        self.mtp = None
+        if cfg.mtp != "none":
+            from tinylm.model.mtp import MTPHeads  # mtp.py builds on this module's blocks
+
+            # built with the RNG put back afterwards, so the trunk starts from the very weights the same seed gives a
+            # model without MTP (reset_parameters draws the trunk first: `mtp` is registered last)
+            with torch.random.fork_rng(devices=[]):
+                self.mtp = MTPHeads(cfg)
         cos, sin = rope_tables(head_dim(cfg), cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -271,6 +282,18 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
         return self.forward_from(self.drop(self.embed(idx)), 0, targets, cache, start)
 
+    def hidden(self, idx, layers: int | None = None, cache: KVCache | None = None, start: int = 0):
+        """The residual stream (B, T, d_model) after the first `layers` block applications (all by default),
+        before the final norm: what multi-token prediction builds on."""
+        T = idx.size(1)
+        if start + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        x = self.drop(self.embed(idx))
+        for i in range(len(self.layers) if layers is None else layers):
+            x = self.layers[i](x, cos, sin, cache, i, start)
+        return x
+
     def forward_from(self, x, first_layer: int, targets=None, cache: KVCache | None = None, start: int = 0):
         """The rest of forward from application `first_layer` on, given its input x (B, T, d_model); a
         `first_layer` past the last one leaves only the final norm and head (for surgery that skips layers)."""
@@ -284,19 +307,28 @@ class Transformer(nn.Module):
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
 
     def param_counts(self) -> dict[str, int]:
-        """Unique parameters split into embedding (input embedding, plus the head when untied) and the rest."""
+        """Unique parameters split into embedding (input embedding, plus the head when untied) and the rest;
+        "mtp" counts the extra predictions' modules (in total and non_embedding), "inference" what is left
+        without them: the model export writes."""
         embedding = self.embed.weight.numel()
         if not self.cfg.tie_embeddings:
             embedding += self.lm_head.weight.numel()
         total = sum(p.numel() for p in self.parameters())  # parameters() yields a tied tensor once
-        return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
+        mtp = sum(p.numel() for p in self.mtp.parameters()) if self.mtp is not None else 0
+        return {"total": total, "embedding": embedding, "non_embedding": total - embedding, "mtp": mtp,
+                "inference": total - mtp}
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token: 6 * (matmul params) + attention scores (PaLM appendix B). A shared
         weight costs FLOPs every time it is applied, so matrices are summed over every block application."""
         matmul = sum(p.numel() for layer in self.layers for p in layer.parameters() if p.dim() > 1)
         matmul += self.lm_head.weight.numel()
-        attn = 6 * len(self.layers) * self.cfg.d_model * seq_len  # QK^T and AV, forward + backward, causal halves
+        blocks = len(self.layers)
+        if self.mtp is not None:  # each extra prediction: its module's matrices, one more block, one more head
+            matmul += sum(p.numel() for p in self.mtp.parameters() if p.dim() > 1)
+            matmul += len(self.mtp.heads) * self.lm_head.weight.numel()
+            blocks += len(self.mtp.heads)
+        attn = 6 * blocks * self.cfg.d_model * seq_len  # QK^T and AV, forward + backward, causal halves
         return 6 * matmul + attn
 
 

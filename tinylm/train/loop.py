@@ -37,7 +37,7 @@ from tinylm.model import Transformer, build_model, sum_nats
 from tinylm.progress import progress_bar
 from tinylm.tokenizer import PATCHES, Tokenizer
 from tinylm.train.loggers import TRACKER_DIRS, open_loggers, trackers
-from tinylm.train.objectives import Batch, Objective, build_objective
+from tinylm.train.objectives import Batch, Objective, backpropagates, build_objective
 from tinylm.train.optim import build_optimizer, peak_lrs
 from tinylm.train.perf import peak_flops
 from tinylm.train.plot import plot_metrics
@@ -171,6 +171,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
                           f"train.dropout_schedule={tc.dropout_schedule} does every step; set train.compile=false")
     device = resolve_device(distributed.device_for(tc.device))
     parallel = distributed.Parallel.for_run(tc)  # distributed: DDP or FSDP over the ranks torchrun started
+    if distributed.active() and cfg.model.mtp != "none":  # its objective reaches into the unwrapped model
+        raise TinyLMError(f"model.mtp={cfg.model.mtp} trains in one process only for now; run it without torchrun / --nproc")
     micros = distributed.micro_indices(tc.grad_accum)  # distributed: this rank's micro-batches of each step
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = tokenizer.vocab_size
@@ -191,6 +193,7 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     optimizer = build_optimizer(model, cfg, device)
     if objective is None:
         objective = build_objective(cfg, tokenizer, device)  # before the run directory is touched: it may fail
+    self_backward = backpropagates(objective)  # e.g. multi-token heads in their memory-saving order
     trackers(tc)  # likewise: an unknown tracker or a missing package fails here
     peak_lr = peak_lrs(cfg)[0]  # AdamW's, as logged
     step, tokens, seconds = 0, 0, 0.0
@@ -287,9 +290,10 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
                 # distributed: each rank averages its micro-batches, DDP/FSDP average over the ranks on the last
                 with parallel.sync_gradients(train_model, sync=micro == micros[-1]):
                     with autocast:
-                        loss, numbers = objective(train_model, Batch(x, y, index))
+                        loss, numbers = objective(train_model, Batch(x, y, index, p, 1 / len(micros)))
                         loss = loss / len(micros)
-                    loss.backward()
+                    if not self_backward:
+                        loss.backward()
                 loss_sum += loss.detach()
                 for name, value in numbers.items():
                     numbers_sum[name] = numbers_sum.get(name, 0) + value / len(micros)

@@ -13,6 +13,18 @@ the KL's gradients on the CE's scale as τ grows. `train.distill_loss` picks the
   skew     KL(p‖m), m = α_s·p + (1−α_s)·q                 DistiLLM's skew forward KL (SKL), α_s =
                                                           train.distill_skew; α_s = 0 is forward KL, and the
                                                           mixture bounds p/m ≤ 1/α_s where q ≈ 0
+multi_token: next-token CE + λ · (mean CE of the K extra predictions of model.mtp, see model/mtp.py), λ =
+train.mtp_weight shaped over training by train.mtp_schedule (train/schedule.py mtp_weight_at); this mean over
+the extra predictions is DeepSeek-V3's (λ/D)·Σ_k L^k, and Gloeckle et al.'s unweighted sum over n heads is
+λ = n−1.
+Targets: the prediction k tokens ahead at position t learns x_{t+k}. A target beyond the window (the last k−1
+positions) is ignored rather than read from extra tokens, and so is one past a document's end: when any of
+x_{t+1}..x_{t+k−1} is EOS, x_{t+k} belongs to the next document, which nothing before the EOS can tell (the EOS
+itself stays a target, as it is for the next-token head). Every extra prediction follows the same rule. With
+model.mtp=parallel the objective back-propagates itself, in Gloeckle et al.'s memory-saving order: the trunk's
+output z is cut from its graph, each head's loss is back-propagated into z in turn (only one head's logits alive
+at a time), then the trunk once with z's accumulated gradient.
+
 Everything is in fp32. The KL is summed over the vocabulary, then averaged over the positions whose target is not
 -1 (those the CE ignores) by dividing by their count, never by the batch size: KLDivLoss(reduction="batchmean")
 on (B, T, V) divides by B alone, which in public KD code made the KL T times the CE it was mixed with.
@@ -41,8 +53,10 @@ import torch.nn.functional as F
 
 from tinylm.config import Config
 from tinylm.errors import TinyLMError
+from tinylm.model.mtp import parallel_logits, sequential_logits
 from tinylm.tokenizer import Tokenizer
 from tinylm.train.distill import SampledTargets, Teacher, find_id_map, tokenizer_fingerprint
+from tinylm.train.schedule import MTP_SCHEDULES, mtp_weight_at
 
 KL_KINDS = ("forward", "reverse", "skew")
 TINY = torch.finfo(torch.float32).tiny
@@ -53,6 +67,8 @@ class Batch:
     x: torch.Tensor  # (B, T) input ids
     y: torch.Tensor  # (B, T) next-token targets; -1 = ignored
     index: int  # the data batch it is (first-round step x grad_accum + micro-batch): names cached targets
+    progress: float = 0.0  # training progress in [0, 1], for loss-weight schedules
+    loss_scale: float = 1.0  # what the loop scales the loss by before back-propagating it (1 / grad_accum)
 
 
 class Targets(Protocol):
@@ -60,6 +76,12 @@ class Targets(Protocol):
 
 
 Objective = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def backpropagates(objective: Objective) -> bool:
+    """Whether `objective` back-propagates its loss itself (scaled by batch.loss_scale) and returns it detached,
+    so the loop must not; an objective marks this by a `backpropagates = True` attribute."""
+    return getattr(objective, "backpropagates", False)
 
 
 def next_token_ce(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -133,9 +155,89 @@ def spin(model: torch.nn.Module, batch: Batch, reference: torch.nn.Module, beta:
     return (loss + nll_weight * nll if nll_weight else loss), numbers
 
 
-def build_objective(cfg: Config, tokenizer: Tokenizer, device: torch.device) -> Objective:
-    """The configured objective, its teacher loaded once; TinyLMError names a bad distill_* setting."""
+def future_targets(y: torch.Tensor, k: int, eos_id: int | None) -> torch.Tensor:
+    """The targets (B, T) of the prediction k tokens ahead from next-token targets y (B, T): x_{t+k} = y[t+k−1] at
+    position t, or −1 where it lies past the window or past an EOS among y[t..t+k−2] (see the module docstring)."""
+    B, T = y.shape
+    out = torch.full_like(y, -1)
+    if k > T:
+        return out
+    out[:, :T - k + 1] = y[:, k - 1:]
+    if eos_id is not None and k > 1:
+        ends = (y == eos_id).int().cumsum(1)  # documents ended up to and including position j
+        crossed = ends[:, k - 2:T - 1] - torch.cat((torch.zeros_like(ends[:, :1]), ends[:, :T - k]), 1)
+        out[:, :T - k + 1] = out[:, :T - k + 1].masked_fill(crossed > 0, -1)
+    return out
+
+
+def mean_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the real targets; 0 (still differentiable) when there are none."""
+    if not (targets != -1).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+
+
+def multi_token_losses(model: torch.nn.Module, batch: Batch, eos_id: int | None, backward_scale: list[float] | None
+                       = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(next-token CE, [CE of the prediction k+1 ahead for each extra k]).
+
+    With `backward_scale` (parallel heads only) each head's loss times its scale is back-propagated as soon as it
+    is computed (the memory-saving order) and the trunk once at the end; the losses come back detached."""
+    x, y = batch.x, batch.y
+    if model.mtp.kind == "sequential":
+        h0 = model.hidden(x)
+        main = mean_ce(model.lm_head(model.norm(h0)), y)
+        extra = [mean_ce(logits, future_targets(y, k + 1, eos_id)[:, :logits.size(1)])
+                 for k, logits in enumerate(sequential_logits(model, h0, x), start=1)]
+        return main, extra
+    z = model.hidden(x, len(model.layers) - 1)
+    z_in = z.detach().requires_grad_() if backward_scale is not None else z
+    losses = []
+    for k in range(1, len(model.mtp.heads) + 2):
+        loss = mean_ce(parallel_logits(model, z_in, k), future_targets(y, k, eos_id))
+        if backward_scale is not None:
+            (loss * backward_scale[k - 1]).backward()
+            loss = loss.detach()
+        losses.append(loss)
+    if backward_scale is not None:
+        z.backward(z_in.grad)
+    return losses[0], losses[1:]
+
+
+def multi_token(model: torch.nn.Module, batch: Batch, eos_id: int | None, weight: float, memory_saving: bool
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Next-token CE + weight · mean extra CE; with `memory_saving` (parallel heads) already back-propagated."""
+    n_extra = len(model.mtp.heads)
+    scales = [batch.loss_scale] + [batch.loss_scale * weight / n_extra] * n_extra if memory_saving else None
+    main, extra = multi_token_losses(model, batch, eos_id, scales)
+    mtp = torch.stack(extra).mean() if extra else main.new_zeros(())
+    numbers = {"next_token_loss": main.detach(), "mtp_loss": mtp.detach(), "mtp_weight": main.new_tensor(weight)}
+    return main + weight * mtp, numbers
+
+
+def build_multi_token(cfg: Config, tokenizer: Tokenizer) -> Objective:
+    """The multi-token objective of model.mtp, its weight following train.mtp_schedule."""
     tc = cfg.train
+    if tc.mtp_schedule not in MTP_SCHEDULES:
+        raise TinyLMError(f"train.mtp_schedule='{tc.mtp_schedule}' is not one of {', '.join(MTP_SCHEDULES)}")
+    memory_saving = cfg.model.mtp == "parallel"
+
+    def objective(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        weight = mtp_weight_at(batch.progress, weight=tc.mtp_weight, schedule=tc.mtp_schedule,
+                               final=tc.mtp_weight_final, ramp=tc.mtp_ramp)
+        return multi_token(model, batch, tokenizer.eos_id, weight, memory_saving)
+
+    objective.backpropagates = memory_saving
+    return objective
+
+
+def build_objective(cfg: Config, tokenizer: Tokenizer, device: torch.device) -> Objective:
+    """The configured objective, its teacher loaded once; TinyLMError names a bad distill_* or mtp setting."""
+    tc = cfg.train
+    if cfg.model.mtp != "none":
+        if tc.distill_teacher:
+            raise TinyLMError("model.mtp and train.distill_teacher cannot be combined yet; train with one of them")
+        return build_multi_token(cfg, tokenizer)
     if tc.distill_loss not in KL_KINDS:
         raise TinyLMError(f"train.distill_loss='{tc.distill_loss}' is not one of {', '.join(KL_KINDS)}")
     if not 0 <= tc.distill_alpha <= 1:

@@ -53,3 +53,24 @@ def dropout_at(progress: float, *, peak: float, schedule: str, until: float = 0.
         phase = progress * cycles % 1.0
         return peak * (1.0 - abs(2.0 * phase - 1.0))
     raise ValueError(f"train.dropout_schedule='{schedule}' is not one of {', '.join(DROPOUT_SCHEDULES)}")
+
+
+MTP_SCHEDULES = ("constant", "decay", "curriculum")
+
+
+def mtp_weight_at(progress: float, *, weight: float, schedule: str, final: float = 0.0, ramp: float = 0.25) -> float:
+    """The weight λ of the multi-token loss at `progress`.
+
+    decay: λ falling linearly to `final` over training (DeepSeek-V3 trains at 0.3, then 0.1; marin's replication
+    found a linear decay as good as the step); curriculum: 0 rising linearly to λ over the first `ramp` of
+    training, then λ (the forward curriculum of arXiv 2505.22757, with which small models keep their next-token
+    quality: they learn the next token before the later ones are asked of them).
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == "constant":
+        return weight
+    if schedule == "decay":
+        return weight + (final - weight) * progress
+    if schedule == "curriculum":
+        return weight * min(1.0, progress / ramp) if ramp > 0 else weight
+    raise ValueError(f"train.mtp_schedule='{schedule}' is not one of {', '.join(MTP_SCHEDULES)}")

@@ -1,0 +1,203 @@
+"""Does multi-token prediction help a tiny model's next-token head? (docs next-techniques.md §2.3's protocol)
+
+Arms: a baseline without MTP, and for each variant (model.mtp=sequential: one DeepSeek-V3 module; parallel: one
+Gloeckle head) each weight λ under each schedule (constant, or the forward curriculum that ramps λ in over the
+first quarter). Every arm trains the same data order from the same trunk weights per seed (the MTP modules are
+built without touching the RNG the trunk draws from), under one budget: equal tokens (--budget tokens) or equal
+wall-clock seconds (--budget seconds), where MTP's extra block and head cost it tokens. Only the next-token head
+is scored: validation bits per byte (the first eval.max_tokens of the split), and the induction probe of
+Gloeckle et al.: a made-up name is mentioned, two sentences follow, and it is mentioned again; the probe is the
+accuracy of the greedy prediction of the name's second token at its second mention (its first mention is the
+control: the name is random there). The zero-shot suite is not run here; each run's checkpoint stays in
+DIR/runs for `tinylm eval RUN --tasks ... --limit N`.
+
+Sizes (built-in corpus, BPE 4,096, context 128, batch 8, the quickstart recipe's optimizer):
+  1m   4 x 128 (~1.3M parameters)      10m  6 x 320 (~8.7M)      30m  8 x 512 (~27M)
+
+Usage:
+  python bench/mtp.py --size 1m --budget tokens --amount 150000 --seeds 0 1 2
+  python bench/mtp.py --size 10m --budget seconds --amount 900 --seeds 0 1 2      # equal wall-clock, idle machine
+  python bench/mtp.py --speculative DIR/runs/<run> [--tokens 200 --prompts 5 --temperature 0.8]  # drafting
+Results: DIR/results.json (resumable: finished runs are kept) and a markdown table on stdout
+(default DIR: bench/results/mtp/<size>-<budget>).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from tinylm.checkpoint import load_checkpoint
+from tinylm.config import load_config
+from tinylm.data import TokenData, prepare_cached
+from tinylm.model import generate
+from tinylm.model.generate import generate_speculative
+from tinylm.tokenizer import Tokenizer
+from tinylm.train import train
+
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
+SIZES = {
+    "1m": ["model.n_layer=4", "model.d_model=128", "model.n_heads=4", "model.n_kv_heads=2"],
+    "10m": ["model.n_layer=6", "model.d_model=320", "model.n_heads=5", "model.n_kv_heads=5"],
+    "30m": ["model.n_layer=8", "model.d_model=512", "model.n_heads=8", "model.n_kv_heads=4"],
+}
+COMMON = ["model.max_seq_len=128", "train.batch_size=8", "train.warmup_steps=20", "train.max_steps=0",
+          "train.max_seconds=0", "train.eval_every=0", "train.ckpt_every=0", "train.log_every=10",
+          "eval.max_tokens=65536", "train.device=cpu"]
+
+
+def arms(variants: list[str], weights: list[float], schedules: list[str]) -> dict[str, list[str]]:
+    grid = {"baseline": []}
+    for variant in variants:
+        for schedule in schedules:
+            for weight in weights:
+                grid[f"{variant} λ={weight:g} {schedule}"] = [
+                    f"model.mtp={variant}", "model.mtp_heads=1", f"train.mtp_weight={weight}",
+                    f"train.mtp_schedule={schedule}"]
+    return grid
+
+
+SYLLABLES = ["ka", "lo", "mi", "ren", "dor", "ta", "vel", "sha", "bri", "zu", "gan", "pol", "ter", "nix", "qua", "fe",
+             "mor", "sil", "ur", "ved"]
+SENTENCES = [" The road was long and the night was cold.", " Bread and wine were set upon the table.",
+             " The king sent word to all his men.", " A wind came over the hills at evening.",
+             " They spoke of the harvest and of the rain.", " The children ran down to the river.",
+             " No one knew what the morning would bring.", " The old house stood at the end of the lane."]
+
+
+@torch.no_grad()
+def induction_probe(model, tokenizer: Tokenizer, n: int = 300, seed: int = 0) -> dict[str, float]:
+    """Accuracy of the greedy guess of a made-up name's second token: at its second mention (induction) and at
+    its first (the control)."""
+    rng = random.Random(seed)
+    model.eval()
+    hits = {"second_mention": 0, "first_mention": 0}
+    count = 0
+    while count < n:
+        name = "".join(rng.choice(SYLLABLES) for _ in range(3)).capitalize()
+        name_ids = tokenizer.encode(" " + name)
+        if len(name_ids) < 2:
+            continue
+        before = tokenizer.encode("There was once a traveller named")
+        middle = tokenizer.encode("".join(rng.sample(SENTENCES, 2)) + " At last")
+        ids = before + name_ids + middle + name_ids
+        logits = model(torch.tensor([ids]))[0]
+        first, second = len(before), len(before) + len(name_ids) + len(middle)
+        hits["first_mention"] += int(logits[first].argmax()) == name_ids[1]
+        hits["second_mention"] += int(logits[second].argmax()) == name_ids[1]
+        count += 1
+    return {k: v / n for k, v in hits.items()}
+
+
+def run_arms(grid: dict[str, list[str]], seeds: list[int], size: str, budget: str, amount: float, out: Path,
+             cache_dir: str) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / "results.json"
+    rows = json.loads(results_file.read_text()) if results_file.is_file() else []
+    limit = f"train.max_tokens={int(amount)}" if budget == "tokens" else f"train.max_seconds={amount}"
+    for seed in seeds:  # seed-major, so an interrupted sweep has every arm at the first seeds
+        for name, overrides in grid.items():
+            if any(r["name"] == name and r["seed"] == seed for r in rows):
+                continue
+            cfg = load_config(RECIPE, [*COMMON, *SIZES[size], *overrides, f"train.seed={seed}", limit,
+                                       f"data.cache_dir={cache_dir}"])
+            data_dir = prepare_cached(cfg.data)
+            run_dir = out / "runs" / f"{name.replace(' ', '_')}-seed{seed}"
+            result = train(cfg, TokenData.load(data_dir), Tokenizer.load(data_dir), run_dir, overwrite=True,
+                           progress=False)
+            ckpt = load_checkpoint(run_dir)
+            rows.append({"name": name, "seed": seed, "overrides": overrides, "size": size, "budget": budget,
+                         "amount": amount, "steps": result.steps, "tokens": result.tokens,
+                         "seconds": round(result.seconds, 1), "params": result.params,
+                         "val_bpb": result.val_bits_per_byte, "val_loss": result.val_loss,
+                         "induction": induction_probe(ckpt.model, ckpt.tokenizer)})
+            results_file.write_text(json.dumps(rows, indent=1) + "\n")
+            print(f"{name} seed {seed}: {result.val_bits_per_byte:.4f} bpb, induction "
+                  f"{rows[-1]['induction']['second_mention']:.3f}, {result.tokens:,} tokens, {result.seconds:.0f} s",
+                  flush=True)
+    return rows
+
+
+def table(rows: list[dict], names: list[str]) -> str:
+    def spread(values: list[float]) -> str:
+        return f"{max(values) - min(values):.4f}" if len(values) > 1 else "–"
+
+    base = {r["seed"]: r["val_bpb"] for r in rows if r["name"] == "baseline"}
+    lines = ["| arm | val bpb per seed | mean | spread | Δ vs baseline: mean (per seed) | "
+             "induction 2nd / 1st mention | tokens | s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name in names:
+        rs = [r for r in rows if r["name"] == name]
+        if not rs:
+            continue
+        bpb = [r["val_bpb"] for r in rs]
+        paired = [r["val_bpb"] - base[r["seed"]] for r in rs if r["seed"] in base]
+        delta = (f"{statistics.mean(paired):+.4f} ({', '.join(f'{d:+.4f}' for d in paired)})"
+                 if paired and name != "baseline" else "–")
+        ind2 = statistics.mean(r["induction"]["second_mention"] for r in rs)
+        ind1 = statistics.mean(r["induction"]["first_mention"] for r in rs)
+        tokens, seconds = statistics.mean(r["tokens"] for r in rs), statistics.mean(r["seconds"] for r in rs)
+        lines.append(f"| {name} | {', '.join(f'{b:.4f}' for b in bpb)} | {statistics.mean(bpb):.4f} | "
+                     f"{spread(bpb)} | {delta} | {ind2:.3f} / {ind1:.3f} | {tokens:,.0f} | {seconds:.0f} |")
+    return "\n".join(lines)
+
+
+def speculative(run: Path, n_tokens: int, n_prompts: int, temperature: float) -> None:
+    """Decoding from the run's validation text, plain and self-speculative: acceptance and tokens/s (and at
+    temperature 0 whether the outputs are identical)."""
+    ckpt = load_checkpoint(run)
+    model, tokenizer = ckpt.model.eval(), ckpt.tokenizer
+    data = TokenData.load(prepare_cached(ckpt.cfg.data, progress=False))
+    prompts = [data.val[i * 5000:i * 5000 + 32].astype("int64").tolist() for i in range(n_prompts)]
+    torch.set_num_threads(1)
+    plain_s = fast_s = 0.0
+    drafted = accepted = same = 0
+    for i, prompt in enumerate(prompts):
+        start = time.perf_counter()
+        plain = generate(model, prompt, n_tokens, temperature, generator=torch.Generator().manual_seed(i))
+        plain_s += time.perf_counter() - start
+        start = time.perf_counter()
+        fast, stats = generate_speculative(model, prompt, n_tokens, temperature,
+                                           generator=torch.Generator().manual_seed(i))
+        fast_s += time.perf_counter() - start
+        drafted, accepted, same = drafted + stats.drafted, accepted + stats.accepted, same + (fast == plain)
+    total = n_tokens * n_prompts
+    identical = f"identical outputs {same}/{n_prompts}; " if temperature == 0 else ""
+    print(f"{run}: {ckpt.cfg.model.mtp} x{ckpt.cfg.model.mtp_heads}; temperature {temperature:g}, "
+          f"{n_prompts} prompts x {n_tokens} tokens, 1 thread: {identical}acceptance {accepted / max(drafted, 1):.1%} "
+          f"({accepted}/{drafted}); plain {total / plain_s:,.0f} tokens/s, speculative {total / fast_s:,.0f} tokens/s "
+          f"({plain_s / fast_s:.2f}x)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=list(SIZES), default="1m")
+    ap.add_argument("--budget", choices=["tokens", "seconds"], default="tokens")
+    ap.add_argument("--amount", type=float, default=150_000, help="tokens or seconds per run")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=["sequential", "parallel"])
+    ap.add_argument("--weights", type=float, nargs="+", default=[0.05, 0.1, 0.3])
+    ap.add_argument("--schedules", nargs="+", default=["constant", "curriculum"])
+    ap.add_argument("--cache-dir", default="data_cache", help="data.cache_dir: where the prepared corpus is kept")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--speculative", type=Path, metavar="RUN", help="measure speculative decoding on a trained run")
+    ap.add_argument("--tokens", type=int, default=200, help="--speculative: new tokens per prompt")
+    ap.add_argument("--prompts", type=int, default=5, help="--speculative: prompts from the validation split")
+    ap.add_argument("--temperature", type=float, default=0.0, help="--speculative: 0 = greedy")
+    a = ap.parse_args()
+    if a.speculative:
+        return speculative(a.speculative, a.tokens, a.prompts, a.temperature)
+    torch.set_num_threads(1)
+    grid = arms(a.variants, a.weights, a.schedules)
+    out = a.out or Path("bench/results/mtp") / f"{a.size}-{a.budget}"
+    rows = run_arms(grid, a.seeds, a.size, a.budget, a.amount, out, a.cache_dir)
+    print(table(rows, list(grid)))
+
+
+if __name__ == "__main__":
+    main()

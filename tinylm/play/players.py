@@ -19,6 +19,7 @@ the game's seeded random.Random; only the random player draws from it.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +28,7 @@ from tinylm.checkpoint import find_checkpoint
 from tinylm.errors import TinyLMError
 from tinylm.eval.likelihood import encode_requests, loglikelihoods
 from tinylm.formats import LoadedModel, load_model, model_kind
+from tinylm.manifest import MANIFEST
 from tinylm.play.games import TICTACTOE, Game, perfect_value
 
 BUILTIN_PLAYERS = ("random", "first-legal", "perfect")
@@ -95,13 +97,17 @@ class ModelPlayer:
 
 
 def model_version(source: Path) -> str:
-    """Size and modification time of the files holding a model's weights: a model retrained or replaced at the
-    same path gets another version, so games recorded for the old one are not taken for its own."""
+    """What identifies the files holding a model's weights, so that a model retrained or replaced at the same path
+    gets another version and games recorded for the old one are not taken for its own: the checksum manifest's
+    hash where tinylm wrote one (a retrained model has new checksums), else the files' size and modification time
+    (to the microsecond: a retraining within the same second must not look unchanged)."""
     root = find_checkpoint(source) if model_kind(source) == "tinylm" else source
+    if root.is_dir() and (root / MANIFEST).is_file():
+        return f"manifest sha256 {hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()[:16]}"
     files = [root] if root.is_file() else [f for f in root.rglob("*") if f.is_file()]
     newest = max(f.stat().st_mtime for f in files)
     return (f"{sum(f.stat().st_size for f in files)} bytes, modified "
-            f"{datetime.fromtimestamp(newest, timezone.utc):%Y-%m-%dT%H:%M:%SZ}")
+            f"{datetime.fromtimestamp(newest, timezone.utc):%Y-%m-%dT%H:%M:%S.%fZ}")
 
 
 def make_players(models: list[str | Path], builtins: list[str], device: str = "cpu") -> list:

@@ -27,6 +27,7 @@ from safetensors.torch import load_model, save_model
 
 from tinylm.config import Config, load_config
 from tinylm.errors import TinyLMError
+from tinylm.faults import kill_point
 from tinylm.model import Transformer, build_model
 from tinylm.tokenizer import Tokenizer
 
@@ -44,9 +45,11 @@ def save_checkpoint(run_dir: Path, model: Transformer, cfg: Config, tokenizer: T
     tokenizer.save(tmp)
     if state is not None:
         torch.save(state, tmp / "state.pt")
+    kill_point("checkpoint-write")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
+        kill_point("checkpoint-swap")
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return final

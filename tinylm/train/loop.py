@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,11 @@ from typing import Callable
 
 import torch
 
-from tinylm.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from tinylm.checkpoint import CHECKPOINT, find_checkpoint, load_checkpoint, read_config, save_checkpoint
 from tinylm.config import Config
 from tinylm.data.tokens import TokenData
 from tinylm.errors import TinyLMError
+from tinylm.faults import Stopped, kill_point, signals_deferred, stop_requested
 from tinylm.model import Transformer, build_model, sum_nats
 from tinylm.progress import progress_bar
 from tinylm.tokenizer import PATCHES, Tokenizer
@@ -142,6 +144,24 @@ def _trim_metrics(path: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in kept))
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    try:
+        find_checkpoint(run_dir)
+    except TinyLMError:
+        return False
+    return True
+
+
+def _fresh_start_of_resume(run_dir: Path, cfg: Config) -> None:
+    """A run killed before its first checkpoint, re-run with the same `--resume` command (as a scheduler does),
+    starts over; unless its config.yaml says it was another model, which resuming would silently replace."""
+    if (run_dir / "config.yaml").is_file() and read_config(run_dir).model != cfg.model:
+        raise TinyLMError(f"cannot resume '{run_dir}': its model config differs from the one given (and it has no "
+                          "checkpoint yet); drop the model overrides, or start it again with --overwrite")
+    print(f"no checkpoint in {run_dir} yet; starting from step 0", file=sys.stderr)
+
+
+@signals_deferred
 def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Path | None = None, *,
           resume: bool = False, init_from: str | Path | None = None, overwrite: bool = False,
           callbacks: tuple[Callable[[StepInfo], None], ...] = (), start_time: float | None = None,
@@ -149,8 +169,10 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     """Train a model on `data`; with `run_dir`, write config, metrics, checkpoints and a loss plot there.
 
     `start_time` (a time.perf_counter() value) makes a time limit count from before the call, e.g.
-    to include setup. A KeyboardInterrupt saves a checkpoint before it propagates. `overwrite`
-    removes an earlier run in `run_dir`, only once the new one has been set up without error.
+    to include setup. A KeyboardInterrupt saves a checkpoint before it propagates; SIGINT and SIGTERM
+    wait for the end of the step, then do the same with `Stopped` (tinylm.faults). `overwrite`
+    removes an earlier run in `run_dir`, only once the new one has been set up without error. `resume`
+    of a run directory with no checkpoint yet starts from step 0, saying so.
     """
     tc = cfg.train
     if not (tc.max_steps or tc.max_tokens or tc.max_seconds):
@@ -181,6 +203,9 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     step, tokens, seconds = 0, 0, 0.0
     skipped, bad_steps = 0, 0  # steps skipped for a non-finite loss or gradient: in all, and in a row now
     saved_step = None  # the step of the checkpoint on disk, named when faults stop the run
+    if resume and run_dir is not None and not has_checkpoint(run_dir):
+        _fresh_start_of_resume(run_dir, cfg)
+        resume, overwrite = False, True  # overwrite: the killed attempt's log lines and round files go
     if resume:
         ckpt = load_checkpoint(run_dir, with_state=True)
         if ckpt.cfg.model != cfg.model:
@@ -318,6 +343,9 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
                 checkpoint()
             for callback in callbacks:
                 callback(StepInfo(step, loss_value, lr, tokens, seconds, model))
+            kill_point("train-step")
+            if (signum := stop_requested()) is not None:
+                raise Stopped(signum)  # saved below, like Ctrl-C
     except KeyboardInterrupt:
         checkpoint()
         bar.close()

@@ -40,7 +40,7 @@ def kill_point(name: str) -> None:
         _reached[name] += 1
         if _reached[name] == int(nth or 1):
             name = os.environ.get(KILL_SIGNAL, "KILL").upper()
-            os.kill(os.getpid(), signal.Signals(name if name.startswith("SIG") else f"SIG{name}"))
+            os.kill(os.getpid(), signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
 
 
 class Stopped(KeyboardInterrupt):

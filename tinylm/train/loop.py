@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -137,11 +138,30 @@ def check_tokenizer(cfg: Config, kind: str) -> None:
                           f"'{cfg.data.tokenizer}')")
 
 
+def _replace_file(path: Path, text: str) -> None:
+    """Write `path` so that a kill at any moment leaves the old file or the new one, never a torn one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _trim_metrics(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint we resume from, so the log has no repeats."""
     if path.is_file():
         kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+        _replace_file(path, "".join(line + "\n" for line in kept))
+
+
+def _write_run_files(run_dir: Path, cfg: Config, tokenizer: Tokenizer) -> None:
+    """config.yaml and the tokenizer's files, each replaced whole: the --resume command line reads config.yaml,
+    so a kill while it is rewritten must not leave it torn."""
+    staging = run_dir / "run-files.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer.save(staging)
+    cfg.save(staging / "config.yaml")
+    for written in staging.iterdir():
+        os.replace(written, run_dir / written.name)
+    staging.rmdir()
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -225,8 +245,7 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
         if overwrite and not resume:
             remove_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.yaml")
-        tokenizer.save(run_dir)
+        _write_run_files(run_dir, cfg, tokenizer)
         _trim_metrics(run_dir / "metrics.jsonl", step)
     metrics = open(run_dir / "metrics.jsonl", "a") if run_dir is not None else None
 

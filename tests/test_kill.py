@@ -22,6 +22,7 @@ from tinylm.faults import Stopped
 from tinylm.tokenizer import byte_tokenizer
 from tinylm.train import StepInfo, loop, train
 
+from test_ladder import parent, shape_file, task_file  # noqa: F401 (fixtures)
 from test_train import byte_data, losses, tiny_config
 
 ROOT = Path(tinylm.__file__).resolve().parents[1]
@@ -37,15 +38,16 @@ def tinylm_command(*args, cwd: Path, kill_at: str | None = None, kill_signal: st
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env |= {faults.KILL_AT: kill_at} if kill_at else {}
     env |= {faults.KILL_SIGNAL: kill_signal} if kill_signal else {}
-    return subprocess.Popen([sys.executable, "-m", "tinylm", *map(str, args)], cwd=cwd, env=env, text=True,
+    command = [sys.executable, "-c", "from tinylm.cli import main; main()", *map(str, args)]
+    return subprocess.Popen(command, cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def tinylm_run(*args, cwd: Path, **kill) -> tuple[int, str]:
-    """Run `tinylm ARGS` to its end; (exit status, stderr). A process killed by signal s has status -s."""
+    """Run `tinylm ARGS` to its end; (exit status, stdout and stderr). A process killed by signal s has status -s."""
     process = tinylm_command(*args, cwd=cwd, **kill)
-    _, err = process.communicate(timeout=300)
-    return process.returncode, err
+    out, err = process.communicate(timeout=300)
+    return process.returncode, out + err
 
 
 def train_args(corpus: Path, run: str, *extra: str) -> list[str]:
@@ -109,14 +111,17 @@ def test_sigkill_at_random_moments_then_the_same_command_continues_exactly(workd
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["checkpoint-write", "checkpoint-swap"])
+# the save of step 8: the second checkpoint write, the first swap (the first save has nothing to swap out)
+@pytest.mark.parametrize("point", ["checkpoint-write:2", "checkpoint-swap:1"])
 def test_a_kill_inside_a_checkpoint_write_keeps_the_last_good_one_and_resume_is_exact(workdir, uninterrupted, point):
     expected = uninterrupted()
-    args = train_args(workdir / "corpus.txt", point)
-    code, _ = tinylm_run(*args, cwd=workdir, kill_at=f"{point}:2")  # the second checkpoint, step 8
+    name = point.split(":")[0]
+    args = train_args(workdir / "corpus.txt", name)
+    code, _ = tinylm_run(*args, cwd=workdir, kill_at=point)
     assert code == -signal.SIGKILL
-    run = workdir / point
+    run = workdir / name
     assert (run / "checkpoint.tmp" / "state.pt").is_file()  # the new one was written, not swapped in
+    assert (run / "checkpoint").exists() == (name == "checkpoint-write")  # mid-swap: only checkpoint.old is whole
     assert load_checkpoint(run, with_state=True).state["step"] == 4
     code, err = tinylm_run(*args, cwd=workdir)
     assert code == 0, err
@@ -252,3 +257,91 @@ def test_resume_without_a_checkpoint_keeps_the_error_when_the_model_differs(tmp_
     tiny_config("model.vocab_size=257").save(tmp_path / "config.yaml")  # killed before its first checkpoint
     with pytest.raises(tinylm.errors.TinyLMError, match="model config differs"):
         train(tiny_config("model.d_model=64"), data, byte_tokenizer(), tmp_path, resume=True, progress=False)
+
+
+# -- the other long commands: a killed one re-run with the same command skips its finished work ------------------
+
+@pytest.mark.slow
+def test_a_killed_sweep_rerun_measures_only_the_shapes_left(workdir):
+    from tinylm.arch import enumerate_shapes, shape_name
+    from tinylm.arch.sweep import spread_over_depth
+
+    args = ("arch", "sweep", "--params", "0.3M", "--tokenizer", "byte", "--max-seq-len", 32, "--max-shapes", 3,
+            "--out", "sweep")
+    code, _ = tinylm_run(*args, cwd=workdir, kill_at="sweep-step:2")
+    assert code == -signal.SIGKILL
+    measured = {p: p.read_bytes() for p in (workdir / "sweep" / "steps").rglob("*.json")}
+    assert len(measured) == 2
+    code, err = tinylm_run(*args, cwd=workdir)
+    assert code == 0, err
+    assert "skipped 2 already measured" in err
+    assert all(p.read_bytes() == text for p, text in measured.items())  # read back, not measured again
+    expected = [shape_name(cfg) for cfg in spread_over_depth(enumerate_shapes(300_000, 257, 32), 3, 300_000)]
+    rows = (workdir / "sweep" / "sweep.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == expected  # the uninterrupted sweep's shapes, in its order
+    deepest = max(enumerate_shapes(300_000, 257, 32), key=lambda cfg: cfg.n_layer).n_layer
+    assert f"  n_layer: {deepest}\n" in (workdir / "sweep" / "recommended.yaml").read_text()
+
+
+def test_sigterm_stops_a_sweep_with_one_line_and_the_rerun_continues(cli, tmp_path, monkeypatch):
+    import tinylm.arch.sweep as sweep_module
+    from test_arch import _fake_latency, _sweep
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sweep_module, "measure_latency", lambda cfg, device: _fake_latency(cfg))
+    monkeypatch.setenv(faults.KILL_AT, "sweep-step:2")
+    monkeypatch.setenv(faults.KILL_SIGNAL, "TERM")
+    code, _, err = _sweep(cli, tmp_path / "sweep")
+    assert code == 143
+    assert err.strip() == "tinylm: stopped by SIGTERM; run the same command again to continue: finished steps are kept"
+    monkeypatch.delenv(faults.KILL_AT)
+    code, out, err = _sweep(cli, tmp_path / "sweep")
+    assert code == 0 and "skipped 2 already measured" in out + err
+
+
+@pytest.mark.slow
+def test_a_killed_inherit_with_learned_masks_rerun_gives_the_uninterrupted_child(workdir, tmp_path):
+    from conftest import save_tiny_byte_run
+
+    parent, _, _ = save_tiny_byte_run(tmp_path / "parent")
+    args = ("inherit", "--parent", parent, "--n-layer", 1, "--d-model", 16, "--ffn-hidden", 32, "--width", "learned",
+            "--mask-steps", 12, "--calib", workdir / "corpus.txt", "--calib-tokens", 512)
+    assert tinylm_run(*args, "--out", tmp_path / "whole", cwd=workdir)[0] == 0
+    code, _ = tinylm_run(*args, "--out", tmp_path / "child", cwd=workdir, kill_at="mask-step:6")
+    assert code == -signal.SIGKILL
+    assert not (tmp_path / "child").exists()  # nothing half-made where a child belongs
+    code, err = tinylm_run(*args, "--out", tmp_path / "child", cwd=workdir)
+    assert code == 0, err
+    whole, child = (load_checkpoint(tmp_path / d).model.state_dict() for d in ("whole", "child"))
+    assert all(torch.equal(whole[k], child[k]) for k in whole)
+    report = {d: json.loads((tmp_path / d / "inherit.json").read_text()) for d in ("whole", "child")}
+    assert report["child"]["hidden"] == report["whole"]["hidden"] and report["child"]["layers"] == report["whole"]["layers"]
+
+
+LADDER = """
+import sys
+from tinylm.experiments.ladder import LadderPreset, run_ladder
+
+out, parent, shape, task, data = sys.argv[1:]
+preset = LadderPreset(baseline=dict(n_layer=1, d_model=64, n_heads=1, n_kv_heads=1, ffn_hidden=96), tokens=512,
+                      batch_size=2, seq_len=32, limit=2, seeds=(1, 2), calib_tokens=128, vocab=300, tasks=(task,))
+run_ladder(out, preset, parent=parent, shape=shape, data=data, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_ladder_rerun_skips_the_finished_rungs(tmp_path, text_file, parent, task_file, shape_file):
+    env = {k: v for k, v in os.environ.items() if k != faults.KILL_AT}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-c", LADDER, "ladder", parent, shape_file, task_file, text_file]
+
+    killed = subprocess.run(command, cwd=tmp_path, env=env | {faults.KILL_AT: "train-step:12"}, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL  # 8 steps a seed: inside rung 1's second seed
+    first = tmp_path / "ladder" / "runs" / "1-baseline" / "seed1" / "result.json"
+    kept = first.read_bytes(), first.stat().st_mtime_ns
+    assert not (first.parent.parent / "seed2" / "result.json").exists()
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (first.read_bytes(), first.stat().st_mtime_ns) == kept
+    report = json.loads((tmp_path / "ladder" / "ladder.json").read_text())
+    assert len(report["rungs"]) == 5 and all(set(r["seeds"]) == {"1", "2"} for r in report["rungs"])

@@ -26,7 +26,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _reached: Counter = Counter()
 _requested: int | None = None  # the first signal received while deferred
-_deferring = 0  # nesting depth of signals_deferred
+_deferring = 0  # 1 while signals_deferred holds the handlers (a nested call leaves them to the outer one)
 
 
 def kill_point(name: str) -> None:
@@ -39,8 +39,8 @@ def kill_point(name: str) -> None:
     if point == name:
         _reached[name] += 1
         if _reached[name] == int(nth or 1):
-            name = os.environ.get(KILL_SIGNAL, "KILL").upper()
-            os.kill(os.getpid(), signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
+            sent = os.environ.get(KILL_SIGNAL, "KILL").upper()
+            os.kill(os.getpid(), signal.Signals[sent if sent.startswith("SIG") else f"SIG{sent}"])
 
 
 class Stopped(KeyboardInterrupt):

@@ -165,6 +165,7 @@ def _write_run_files(run_dir: Path, cfg: Config, tokenizer: Tokenizer) -> None:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a checkpoint to resume (a complete one: checkpoint/ or, after a kill mid-swap, .old)."""
     try:
         find_checkpoint(run_dir)
     except TinyLMError:

@@ -336,13 +336,14 @@ def test_a_killed_ladder_rerun_skips_the_finished_rungs(tmp_path, text_file, par
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     command = [sys.executable, "-c", LADDER, "ladder", parent, shape_file, task_file, text_file]
 
-    killed = subprocess.run(command, cwd=tmp_path, env=env | {faults.KILL_AT: "train-step:12"}, capture_output=True)
-    assert killed.returncode == -signal.SIGKILL  # 8 steps a seed: inside rung 1's second seed
-    first = tmp_path / "ladder" / "runs" / "1-baseline" / "seed1" / "result.json"
-    kept = first.read_bytes(), first.stat().st_mtime_ns
-    assert not (first.parent.parent / "seed2" / "result.json").exists()
+    # 5 rungs x 2 seeds x 8 steps: step 76 is inside the last rung's second seed
+    killed = subprocess.run(command, cwd=tmp_path, env=env | {faults.KILL_AT: "train-step:76"}, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    runs = tmp_path / "ladder" / "runs"
+    finished = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in runs.rglob("result.json")}
+    assert len(finished) == 9 and not (runs / "5-rounds" / "seed2" / "result.json").exists()
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert (first.read_bytes(), first.stat().st_mtime_ns) == kept
+    assert all((p.read_bytes(), p.stat().st_mtime_ns) == kept for p, kept in finished.items())  # not redone
     report = json.loads((tmp_path / "ladder" / "ladder.json").read_text())
     assert len(report["rungs"]) == 5 and all(set(r["seeds"]) == {"1", "2"} for r in report["rungs"])

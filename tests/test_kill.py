@@ -18,6 +18,7 @@ import torch
 import tinylm
 from tinylm import faults
 from tinylm.checkpoint import load_checkpoint
+from tinylm.errors import TinyLMError
 from tinylm.faults import Stopped
 from tinylm.tokenizer import byte_tokenizer
 from tinylm.train import StepInfo, loop, train
@@ -33,13 +34,17 @@ TRAIN = ["model.n_layer=1", "model.d_model=32", "model.n_heads=2", "model.n_kv_h
 ROUNDS = ["train.rounds=2", "train.refine_ratio=0.5"]
 
 
-def tinylm_command(*args, cwd: Path, kill_at: str | None = None, kill_signal: str | None = None) -> subprocess.Popen:
+def child_env(kill_at: str | None = None, kill_signal: str | None = None) -> dict:
+    """This environment, with this checkout importable and only the kill point asked for."""
     env = {k: v for k, v in os.environ.items() if k not in (faults.KILL_AT, faults.KILL_SIGNAL)}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env |= {faults.KILL_AT: kill_at} if kill_at else {}
-    env |= {faults.KILL_SIGNAL: kill_signal} if kill_signal else {}
+    return env | ({faults.KILL_SIGNAL: kill_signal} if kill_signal else {})
+
+
+def tinylm_command(*args, cwd: Path, **kill) -> subprocess.Popen:
     command = [sys.executable, "-c", "from tinylm.cli import main; main()", *map(str, args)]
-    return subprocess.Popen(command, cwd=cwd, env=env, text=True,
+    return subprocess.Popen(command, cwd=cwd, env=child_env(**kill), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -255,7 +260,7 @@ def test_a_signal_while_scoring_saves_the_scores_so_far_and_resume_continues_the
 
 def test_resume_without_a_checkpoint_keeps_the_error_when_the_model_differs(tmp_path, data):
     tiny_config("model.vocab_size=257").save(tmp_path / "config.yaml")  # killed before its first checkpoint
-    with pytest.raises(tinylm.errors.TinyLMError, match="model config differs"):
+    with pytest.raises(TinyLMError, match="model config differs"):
         train(tiny_config("model.d_model=64"), data, byte_tokenizer(), tmp_path, resume=True, progress=False)
 
 
@@ -332,17 +337,15 @@ run_ladder(out, preset, parent=parent, shape=shape, data=data, progress=False)
 
 @pytest.mark.slow
 def test_a_killed_ladder_rerun_skips_the_finished_rungs(tmp_path, text_file, parent, task_file, shape_file):
-    env = {k: v for k, v in os.environ.items() if k != faults.KILL_AT}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     command = [sys.executable, "-c", LADDER, "ladder", parent, shape_file, task_file, text_file]
 
     # 5 rungs x 2 seeds x 8 steps: step 76 is inside the last rung's second seed
-    killed = subprocess.run(command, cwd=tmp_path, env=env | {faults.KILL_AT: "train-step:76"}, capture_output=True)
+    killed = subprocess.run(command, cwd=tmp_path, env=child_env("train-step:76"), capture_output=True)
     assert killed.returncode == -signal.SIGKILL
     runs = tmp_path / "ladder" / "runs"
     finished = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in runs.rglob("result.json")}
     assert len(finished) == 9 and not (runs / "5-rounds" / "seed2" / "result.json").exists()
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=tmp_path, env=child_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert all((p.read_bytes(), p.stat().st_mtime_ns) == kept for p, kept in finished.items())  # not redone
     report = json.loads((tmp_path / "ladder" / "ladder.json").read_text())

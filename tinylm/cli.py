@@ -300,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
                    help="a YAML recipe, then overrides such as model.n_layer=6 train.lr=3e-3")
     p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint (from step 0, saying so, if "
-                        "it has none yet)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (from step 0, saying so, if it has none yet)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--init", metavar="RUN_DIR", help="start from the weights of another run (e.g. one made by "
                    "`tinylm inherit`); its model shape, tokenizer and data are the defaults")

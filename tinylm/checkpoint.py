@@ -30,6 +30,7 @@ from safetensors.torch import load_model, save_model
 
 from tinylm.config import Config, load_config
 from tinylm.errors import TinyLMError
+from tinylm.faults import kill_point
 from tinylm.manifest import seal, verify
 from tinylm.model import Transformer, build_model
 from tinylm.tokenizer import Tokenizer
@@ -50,9 +51,11 @@ def save_checkpoint(run_dir: Path, model: Transformer, cfg: Config, tokenizer: T
     if state is not None:
         torch.save(state, tmp / "state.pt")
     seal(tmp)
+    kill_point("checkpoint-write")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
+        kill_point("checkpoint-swap")
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return final

@@ -2,8 +2,10 @@
 
 User errors (TinyLMError, a bad option, a path that cannot be read or written)
 print one line and exit 2; `--debug` or TINYLM_DEBUG=1 shows their traceback
-instead. Any other exception is a bug and keeps its traceback. Ctrl-C during
-training saves a checkpoint and exits 130 with the command that resumes.
+instead. Any other exception is a bug and keeps its traceback. Ctrl-C (SIGINT)
+and SIGTERM stop any command with one line and exit 130 and 143; during training
+they first save a checkpoint at the end of the step, and the line names the
+command that resumes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from tinylm.config import AT_LEAST_0, AT_LEAST_1, SHARE, Range
 from tinylm.errors import TinyLMError
+from tinylm.faults import Stopped, exit_code, stop_on_sigterm
 
 EPILOG_TRAIN = """examples:
   tinylm train                                   # built-in corpus, default model, runs/default
@@ -63,14 +66,13 @@ def cmd_train(a: argparse.Namespace) -> None:
     recipe, overrides = _split_recipe(a.args)
     out = Path(a.out or f"runs/{Path(recipe).stem if recipe else 'default'}")
     has_run = (out / CHECKPOINT).exists() or (out / "metrics.jsonl").exists()
-    if a.resume:
-        if not (out / "config.yaml").is_file():
-            raise TinyLMError(f"nothing to resume in '{out}' (no config.yaml); start it without --resume")
+    # a run killed before it wrote config.yaml is started by its --resume command line as a new one would be
+    if a.resume and (out / "config.yaml").is_file():
         import yaml
 
         cfg = load_config(recipe, overrides, base=yaml.safe_load((out / "config.yaml").read_text()))
     else:
-        if has_run and not a.overwrite:
+        if has_run and not a.overwrite and not a.resume:
             raise TinyLMError(f"'{out}' already holds a run; pass --resume to continue it or --overwrite to replace it")
         cfg = load_config(recipe, overrides, base=_init_base(a.init) if a.init else None)
     if cfg.data.tokenizer in ("bpe", "byte") or cfg.data.tokenizer.startswith(f"{PATCHES}:"):
@@ -83,9 +85,11 @@ def cmd_train(a: argparse.Namespace) -> None:
     try:
         result = train(cfg, data, tokenizer, out, resume=a.resume, init_from=a.init, overwrite=a.overwrite,
                        progress=distributed.is_main())
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; checkpoint saved. Continue with: tinylm train --out {out} --resume", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as stop:
+        if distributed.is_main():
+            print(f"\n{_stopped_by(stop)}; checkpoint saved. Continue with: tinylm train --out {out} --resume",
+                  file=sys.stderr)
+        sys.exit(exit_code(stop))
     except Exception as e:
         raise distributed.lost_peer(e) or e
     main = distributed.is_main()
@@ -102,6 +106,10 @@ def _train_argv(a: argparse.Namespace) -> list[str]:
     """The `tinylm train` arguments each worker of --nproc gets: the same, less --nproc."""
     argv = ["train", *a.args, *(["--out", a.out] if a.out else []), *(["--init", a.init] if a.init else [])]
     return argv + [flag for flag, on in (("--resume", a.resume), ("--overwrite", a.overwrite)) if on]
+
+
+def _stopped_by(stop: KeyboardInterrupt) -> str:
+    return f"stopped by {stop}" if isinstance(stop, Stopped) else "interrupted"
 
 
 def _init_base(init: str) -> dict:
@@ -411,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="tinylm", description="Build, train and evaluate small language models.")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error (also TINYLM_DEBUG=1); may come after the command too")
+    parser.set_defaults(resumable=False)  # whether re-running a stopped command continues it
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model (built-in corpus unless data.path=... is given)",
@@ -419,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
                    help="a YAML recipe, then overrides such as model.n_layer=6 train.lr=3e-3")
     p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (from step 0, saying so, if it has none yet)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--init", metavar="RUN_DIR", help="start from the weights of another run (e.g. one made by "
                    "`tinylm inherit`); its model shape, tokenizer and data are the defaults")
@@ -587,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--overwrite", action="store_true", help="start over in a DIR holding a sweep made with other "
                                                             "arguments")
-    p.set_defaults(func=cmd_arch_sweep)
+    p.set_defaults(func=cmd_arch_sweep, resumable=True)
 
     p = sub.add_parser("export", help="write a run as a Hugging Face folder, a GGUF file or an ONNX graph",
                        description="Write a run's model for other runtimes:\n"
@@ -630,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="zero-shot items per task (default: the preset's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true", help="delete a ladder already in --out and start again")
-    p.set_defaults(func=cmd_ladder)
+    p.set_defaults(func=cmd_ladder, resumable=True)
 
     p = sub.add_parser("ablate", help="ablations of a study's techniques, one row each (stlm: Super Tiny "
                                       "Language Models)",
@@ -653,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="zero-shot items per task (default: the preset's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true", help="delete an ablation already in --out and start again")
-    p.set_defaults(func=cmd_ablate)
+    p.set_defaults(func=cmd_ablate, resumable=True)
 
     p = sub.add_parser("play", help="models play tic-tac-toe and connect four against each other (round-robin)",
                        description="Self-play evaluation: MODELs (tinylm runs, Hugging Face folders, .gguf files), "
@@ -781,7 +791,8 @@ def main(argv: list[str] | None = None) -> None:
     debug = args.debug or os.environ.get("TINYLM_DEBUG", "") not in ("", "0")
     try:
         check_options(args)
-        args.func(args)
+        with stop_on_sigterm():
+            args.func(args)
     except TinyLMError as e:
         if debug:
             raise
@@ -792,6 +803,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"tinylm: error: {os_error_line(e)}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as stop:
+        again = "; run the same command again to continue: finished steps are kept" if args.resumable else ""
+        print(f"\ntinylm: {_stopped_by(stop)}{again}", file=sys.stderr)
+        sys.exit(exit_code(stop))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from tinylm.arch.shapes import (MAX_LAYERS, MIN_LAYERS, TOLERANCE, embedding_par
 from tinylm.config import Config, DataConfig, ModelConfig, TrainConfig
 from tinylm.data import TokenData, prepare_cached
 from tinylm.errors import TinyLMError
+from tinylm.faults import kill_point
 from tinylm.model.llama import head_dim, resolved_ffn_hidden
 from tinylm.progress import progress_bar
 from tinylm.steps import cached_step, check_job_folder, write_json
@@ -116,6 +117,7 @@ def sweep(out: str | Path, params: int, vocab: int | None = None, *, latency_bud
                                lambda: measured_row(cfg, measure_latency(cfg, device)))
         rows.append({**dict.fromkeys(columns), **measured})
         write_table(out / TABLE, rows, columns)
+        kill_point("sweep-step")
 
     trained_skipped = 0
     if proxy_seconds:
@@ -133,6 +135,7 @@ def sweep(out: str | Path, params: int, vocab: int | None = None, *, latency_bud
                 return {"val_bpb": round(result.val_bits_per_byte, 5), "train_tokens": result.tokens}
             row.update(cached_step(step_file(out, "proxy", row["shape"]), proxy_train))
             write_table(out / TABLE, rows, columns)
+            kill_point("sweep-step")
 
     recommended, reason = recommend(rows, latency_budget_ms)
     write_report(out / REPORT, rows, recommended, reason, settings, len(shapes))

@@ -29,7 +29,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tinylm.checkpoint import CHECKPOINT
 from tinylm.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig
 from tinylm.errors import TinyLMError
 from tinylm.steps import cached_step, check_job_folder, write_json
@@ -162,6 +161,7 @@ class Ladder:
             from tinylm.eval.harness import run_benchmarks
             from tinylm.tokenizer import Tokenizer
             from tinylm.train import train
+            from tinylm.train.loop import has_checkpoint
 
             p = self.preset
             cfg = Config(model=model, data=DataConfig(path=self.data,
@@ -173,7 +173,7 @@ class Ladder:
                                            rounds=rounds, refine_ratio=p.refine_ratio))
             data_dir = prepare_cached(cfg.data, progress=self.progress)
             data, tokenizer = TokenData.load(data_dir), Tokenizer.load(data_dir)
-            resume = (run / CHECKPOINT / "state.pt").is_file()  # killed mid-rung: continue from the checkpoint
+            resume = has_checkpoint(run)  # killed mid-rung (even mid-swap): continue from the checkpoint
             started = time.perf_counter()
             result = train(cfg, data, tokenizer, run, resume=resume, init_from=None if resume else init,
                            overwrite=not resume, progress=self.progress)

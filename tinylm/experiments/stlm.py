@@ -31,7 +31,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinylm.checkpoint import CHECKPOINT
 from tinylm.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig
 from tinylm.errors import TinyLMError
 from tinylm.experiments.ladder import TASKS, default_parent, judge, plot_bars
@@ -119,6 +118,7 @@ class StlmAblation:
             from tinylm.eval import evaluate
             from tinylm.tokenizer import Tokenizer
             from tinylm.train import train
+            from tinylm.train.loop import has_checkpoint
 
             p = self.preset
             data_cfg = DataConfig(path=self.data, tokenizer=tokenizer)
@@ -131,7 +131,7 @@ class StlmAblation:
                                            lr=3e-3, muon_lr=0.02, schedule="wsd", warmup_steps=20, max_steps=0,
                                            max_tokens=tokens, eval_every=0, ckpt_every=50, log_every=10,
                                            **train_changes))
-            resume = (run / CHECKPOINT / "state.pt").is_file()  # killed mid-row: continue from the checkpoint
+            resume = has_checkpoint(run)  # killed mid-row (even mid-swap): continue from the checkpoint
             started = time.perf_counter()
             result = train(cfg, data, tok, run, resume=resume, overwrite=not resume, progress=self.progress)
             scores = {"val_bpb": evaluate(run, progress=False)["bits_per_byte"], "params": result.params,

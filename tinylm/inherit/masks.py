@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from tinylm.config import ModelConfig
+from tinylm.faults import kill_point
 from tinylm.inherit.importance import Batches, removing_hooks
 from tinylm.inherit.select import WidthScores
 from tinylm.model import Transformer, resolved_ffn_hidden
@@ -97,6 +98,7 @@ def learned_scores(model: Transformer, child: ModelConfig, calib: Batches, steps
                 loss.backward()
                 opt_gates.step()
                 opt_lambdas.step()
+                kill_point("mask-step")
     finally:
         for p, flag in zip(model.parameters(), frozen):
             p.requires_grad_(flag)

@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +31,11 @@ from typing import Callable
 import torch
 
 from tinylm import distributed
-from tinylm.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from tinylm.checkpoint import CHECKPOINT, find_checkpoint, load_checkpoint, read_config, save_checkpoint
 from tinylm.config import Config
 from tinylm.data.tokens import TokenData
 from tinylm.errors import TinyLMError
+from tinylm.faults import Stopped, kill_point, signals_deferred, stop_requested
 from tinylm.model import Transformer, build_model, sum_nats
 from tinylm.progress import progress_bar
 from tinylm.tokenizer import PATCHES, Tokenizer
@@ -143,13 +146,51 @@ def check_tokenizer(cfg: Config, kind: str) -> None:
                           f"'{cfg.data.tokenizer}')")
 
 
+def _replace_file(path: Path, text: str) -> None:
+    """Write `path` so that a kill at any moment leaves the old file or the new one, never a torn one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _trim_metrics(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint we resume from, so the log has no repeats."""
     if path.is_file():
         kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+        _replace_file(path, "".join(line + "\n" for line in kept))
 
 
+def _write_run_files(run_dir: Path, cfg: Config, tokenizer: Tokenizer) -> None:
+    """config.yaml and the tokenizer's files, each replaced whole: the --resume command line reads config.yaml,
+    so a kill while it is rewritten must not leave it torn."""
+    staging = run_dir / "run-files.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer.save(staging)
+    cfg.save(staging / "config.yaml")
+    for written in staging.iterdir():
+        os.replace(written, run_dir / written.name)
+    staging.rmdir()
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a checkpoint to resume (a complete one: checkpoint/ or, after a kill mid-swap, .old)."""
+    try:
+        find_checkpoint(run_dir)
+    except TinyLMError:
+        return False
+    return True
+
+
+def _fresh_start_of_resume(run_dir: Path, cfg: Config) -> None:
+    """A run killed before its first checkpoint, re-run with the same `--resume` command (as a scheduler does),
+    starts over; unless its config.yaml says it was another model, which resuming would silently replace."""
+    if (run_dir / "config.yaml").is_file() and read_config(run_dir).model != cfg.model:
+        raise TinyLMError(f"cannot resume '{run_dir}': its model config differs from the one given (and it has no "
+                          "checkpoint yet); drop the model overrides, or start it again with --overwrite")
+    print(f"no checkpoint in {run_dir} yet; starting from step 0", file=sys.stderr)
+
+
+@signals_deferred
 def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Path | None = None, *,
           resume: bool = False, init_from: str | Path | None = None, overwrite: bool = False,
           callbacks: tuple[Callable[[StepInfo], None], ...] = (), start_time: float | None = None,
@@ -157,9 +198,11 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     """Train a model on `data`; with `run_dir`, write config, metrics, checkpoints and a loss plot there.
 
     `start_time` (a time.perf_counter() value) makes a time limit count from before the call, e.g.
-    to include setup. A KeyboardInterrupt saves a checkpoint before it propagates. `overwrite`
-    removes an earlier run in `run_dir`, only once the new one has been set up without error. `objective`
-    replaces the configured one (SPIN's pairwise loss, whose batches `data` makes).
+    to include setup. A KeyboardInterrupt saves a checkpoint before it propagates; SIGINT and SIGTERM
+    wait for the end of the step, then do the same with `Stopped` (tinylm.faults). `overwrite`
+    removes an earlier run in `run_dir`, only once the new one has been set up without error. `resume`
+    of a run directory with no checkpoint yet starts from step 0, saying so. `objective` replaces the
+    configured one (SPIN's pairwise loss, whose batches `data` makes).
     """
     tc = cfg.train
     if not (tc.max_steps or tc.max_tokens or tc.max_seconds):
@@ -199,6 +242,9 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     step, tokens, seconds = 0, 0, 0.0
     skipped, bad_steps = 0, 0  # steps skipped for a non-finite loss or gradient: in all, and in a row now
     saved_step = None  # the step of the checkpoint on disk, named when faults stop the run
+    if resume and run_dir is not None and not has_checkpoint(run_dir):
+        _fresh_start_of_resume(run_dir, cfg)
+        resume, overwrite = False, True  # overwrite: the killed attempt's log lines and round files go
     if resume:
         ckpt = load_checkpoint(run_dir, with_state=True)
         if ckpt.cfg.model != cfg.model:
@@ -217,8 +263,7 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
         if overwrite and not resume:
             remove_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.yaml")
-        tokenizer.save(run_dir)
+        _write_run_files(run_dir, cfg, tokenizer)
         _trim_metrics(run_dir / "metrics.jsonl", step)
     # metrics.jsonl and train.log_to's trackers; distributed: only rank 0 writes
     loggers = open_loggers(cfg, run_dir, step) if distributed.is_main() else []
@@ -346,6 +391,9 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
                 checkpoint()
             for callback in callbacks:
                 callback(StepInfo(step, loss_value, lr, tokens, seconds, model))
+            kill_point("train-step")
+            if (signum := stop_requested()) is not None:
+                raise Stopped(signum)  # saved below, like Ctrl-C
     except KeyboardInterrupt:
         checkpoint()
         bar.close()

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from tinylm.errors import TinyLMError
+from tinylm.faults import Stopped, kill_point, stop_requested
 from tinylm.progress import progress_bar
 
 ROUNDS_DIR = "rounds"
@@ -81,6 +82,7 @@ def draw_batches(losses: np.ndarray, n: int, temperature: float, seed) -> np.nda
 def _save_atomic(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
+    kill_point("rounds-file")
     os.replace(tmp, path)
 
 
@@ -120,6 +122,9 @@ def score_batches(model: torch.nn.Module, batch_of: Callable[[int], list[tuple[t
                     total += float(model(x.to(device), y.to(device)))
             scores[i] = total / len(micro)
             bar.update(1)
+            kill_point("scoring-batch")
+            if (signum := stop_requested()) is not None:
+                raise Stopped(signum)  # the scores so far are saved below; training saved the round's end
             if scores_file is not None and time.perf_counter() - last_save > save_every_s:
                 _save_scores(scores_file, scores)
                 last_save = time.perf_counter()

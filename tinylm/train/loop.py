@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 from tinylm import distributed
-from tinylm.checkpoint import CHECKPOINT, find_checkpoint, load_checkpoint, read_config, save_checkpoint
+from tinylm.checkpoint import CHECKPOINT, load_checkpoint, read_config, save_checkpoint
 from tinylm.config import Config
 from tinylm.data.tokens import TokenData
 from tinylm.errors import TinyLMError
@@ -173,12 +173,10 @@ def _write_run_files(run_dir: Path, cfg: Config, tokenizer: Tokenizer) -> None:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    """Whether `run_dir` holds a checkpoint to resume (a complete one: checkpoint/ or, after a kill mid-swap, .old)."""
-    try:
-        find_checkpoint(run_dir)
-    except TinyLMError:
-        return False
-    return True
+    """Whether `run_dir` holds a checkpoint to resume: checkpoint/ or, after a kill mid-swap, checkpoint.old/ (a kill
+    mid-write leaves only checkpoint.tmp/, which is not one). Not whether it is intact: a damaged checkpoint must
+    fail its load with a message naming the file, never be taken for "no checkpoint yet" and trained over."""
+    return any((Path(run_dir) / name / "model.safetensors").is_file() for name in (CHECKPOINT, f"{CHECKPOINT}.old"))
 
 
 def _fresh_start_of_resume(run_dir: Path, cfg: Config) -> None:

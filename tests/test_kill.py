@@ -306,7 +306,7 @@ def test_sigterm_stops_a_sweep_with_one_line_and_the_rerun_continues(cli, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_killed_inherit_with_learned_masks_rerun_gives_the_uninterrupted_child(workdir, tmp_path):
+def test_a_killed_inherit_with_learned_masks_continues_them_and_gives_the_uninterrupted_child(workdir, tmp_path):
     from conftest import save_tiny_byte_run
 
     parent, _, _ = save_tiny_byte_run(tmp_path / "parent")
@@ -316,8 +316,11 @@ def test_a_killed_inherit_with_learned_masks_rerun_gives_the_uninterrupted_child
     code, _ = tinylm_run(*args, "--out", tmp_path / "child", cwd=workdir, kill_at="mask-step:6")
     assert code == -signal.SIGKILL
     assert not (tmp_path / "child").exists()  # nothing half-made where a child belongs
+    progress = tmp_path / "child.masks.pt"  # the masks' state after their 6th step, kept for the re-run
+    assert torch.load(progress, weights_only=True)["step"] == 6
     code, err = tinylm_run(*args, "--out", tmp_path / "child", cwd=workdir)
     assert code == 0, err
+    assert "continuing the learned masks from step 6" in err and not progress.exists()
     whole, child = (load_checkpoint(tmp_path / d).model.state_dict() for d in ("whole", "child"))
     assert all(torch.equal(whole[k], child[k]) for k in whole)
     report = {d: json.loads((tmp_path / d / "inherit.json").read_text()) for d in ("whole", "child")}

@@ -320,8 +320,12 @@ def _tokenized(piece_batches: Iterator[list[tuple[str, bool]]], tokenizer: Token
         for batch in piece_batches:
             yield batch, [_encode(tokenizer, text, dtype) for text, _ in batch]
         return
+    # not plain fork: a fork copies whatever lock another thread holds at that moment (torch's, tokenizers',
+    # a progress bar's), and a worker could wait on it forever; a forkserver's workers come from a clean process
+    context = multiprocessing.get_context(
+        "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
     with _forked_tokenizers_quiet():
-        pool = multiprocessing.Pool(workers, _start_worker, (tokenizer.hf.to_str(), tokenizer.kind, dtype.str))
+        pool = context.Pool(workers, _start_worker, (tokenizer.hf.to_str(), tokenizer.kind, dtype.str))
     with pool:
         pending = None
         for batch in piece_batches:

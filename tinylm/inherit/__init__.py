@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,8 +160,14 @@ def inherit(parent: str | Path, out: str | Path, shape: ChildShape | None = None
         layers = choose_layers(model, child_cfg.n_layer, depth, batches)
         model = slice_model(model, Selection.everything(model.cfg, layers=layers))  # depth
         if _narrower(child_cfg, parent_cfg):
-            scores = (learned_scores(model, child_cfg, batches, mask_steps, seed=seed, progress=progress)
-                      if width == "learned" else width_scores(model, width, batches))
+            if width == "learned":
+                masks = MaskProgress(out, {"parent": str(Path(parent).resolve()), "child": child_cfg.__dict__,
+                                           "layers": layers, "calib": calib, "calib_tokens": calib_tokens,
+                                           "calib_seq_len": calib_seq_len, "mask_steps": mask_steps, "seed": seed})
+                scores = learned_scores(model, child_cfg, batches, mask_steps, seed=seed, progress=progress,
+                                        resume_from=masks.load(), save=masks.save)
+            else:
+                scores = width_scores(model, width, batches)
             selection = choose_width(scores, model.cfg, child_cfg, torch.arange(child_cfg.vocab_size))
             model = slice_model(model, selection)  # width
             kept = {"hidden": selection.hidden.tolist(), "q_heads": [h.tolist() for h in selection.q_heads],
@@ -180,10 +188,42 @@ def inherit(parent: str | Path, out: str | Path, shape: ChildShape | None = None
                   "params": counts, "seconds": round(time.perf_counter() - started, 1), **kept}
         (staging / REPORT).write_text(json.dumps(report, indent=1) + "\n")
         replace_folder(out, staging)
+        MaskProgress(out).clear()
     except BaseException:  # nothing half-made stays behind; an old run in `out` is untouched
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return report
+
+
+class MaskProgress:
+    """Learned-mask training's state, kept beside `out` (OUT.masks.pt) after every step so that a killed or
+    stopped `inherit` re-run with the same arguments continues the masks where they were; removed once the child
+    is in place. A state written for other settings (parent path, child shape, layers, calibration, steps, seed)
+    is not used: the masks start over."""
+
+    def __init__(self, out: Path, settings: dict | None = None):
+        self.path = out.with_name(out.name + ".masks.pt")
+        self.settings = json.loads(json.dumps(settings, default=str)) if settings is not None else None
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, weights_only=True)
+        except Exception:  # a state torn some other way than by our atomic write: start over rather than fail
+            return None
+        if state.get("settings") != self.settings:
+            return None
+        print(f"continuing the learned masks from step {state['step']} ({self.path})", file=sys.stderr)
+        return state
+
+    def save(self, state: dict) -> None:
+        written = self.path.with_name(self.path.name + ".tmp")
+        torch.save({"settings": self.settings, **state}, written)
+        os.replace(written, self.path)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def _narrower(child: ModelConfig, parent: ModelConfig) -> bool:

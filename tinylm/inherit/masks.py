@@ -10,12 +10,13 @@ gradient ascent, so the gates are pushed toward the target shape. The trained
 log-alphas are the importance scores. Head gates scale each head's attention
 output, FFN gates each channel's gated value, and hidden gates every write to
 the residual stream (embedding, attention and FFN outputs).
-Knows nothing of files or the command line.
+Knows nothing of files or the command line: the caller keeps the state `save` hands it (inherit/__init__.py).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -49,8 +50,13 @@ class HardConcrete(nn.Module):
 
 
 def learned_scores(model: Transformer, child: ModelConfig, calib: Batches, steps: int = 100, lr: float = 0.1,
-                   seed: int = 0, progress: bool = True) -> WidthScores:
-    """Train gates toward the child's shape on `calib` (cycled for `steps` steps); return their log-alphas."""
+                   seed: int = 0, progress: bool = True, resume_from: dict | None = None,
+                   save: Callable[[dict], None] | None = None) -> WidthScores:
+    """Train gates toward the child's shape on `calib` (cycled for `steps` steps); return their log-alphas.
+
+    `save`, when given, receives the training state after every step (gates, lambdas, both optimizers, the RNG
+    that samples the gates: a few values per head and channel, cheap beside the parent's forward pass), and
+    `resume_from` continues from such a state, so an interrupted run ends with the uninterrupted one's scores."""
     cfg = model.cfg
     torch.manual_seed(seed)
     n_layer, hd = cfg.n_layer, head_dim(cfg)
@@ -83,10 +89,20 @@ def learned_scores(model: Transformer, child: ModelConfig, calib: Batches, steps
                     layer.attn.wo.register_forward_hook(gate_hidden), layer.ffn.w2.register_forward_hook(gate_hidden)]
     opt_gates = torch.optim.Adam(gates.parameters(), lr=lr)
     opt_lambdas = torch.optim.Adam([lambdas], lr=lr, maximize=True)
+    start = 0
+    if resume_from is not None:
+        gates.load_state_dict(resume_from["gates"])
+        with torch.no_grad():
+            lambdas.copy_(resume_from["lambdas"])
+        opt_gates.load_state_dict(resume_from["opt_gates"])
+        opt_lambdas.load_state_dict(resume_from["opt_lambdas"])
+        torch.set_rng_state(resume_from["rng"])
+        start = resume_from["step"]
     gates.train()
     try:
         with removing_hooks(handles):
-            for step in progress_bar(range(steps), desc="learning masks", disable=not progress, unit="step"):
+            for step in progress_bar(range(start, steps), desc="learning masks", disable=not progress, unit="step",
+                                     initial=start, total=steps):
                 x, y = calib[step % len(calib)]
                 z.update({name: g() for name, g in gates.items()})
                 loss = model(x, y)
@@ -98,6 +114,10 @@ def learned_scores(model: Transformer, child: ModelConfig, calib: Batches, steps
                 loss.backward()
                 opt_gates.step()
                 opt_lambdas.step()
+                if save is not None:
+                    save({"step": step + 1, "gates": gates.state_dict(), "lambdas": lambdas.detach().clone(),
+                          "opt_gates": opt_gates.state_dict(), "opt_lambdas": opt_lambdas.state_dict(),
+                          "rng": torch.get_rng_state()})
                 kill_point("mask-step")
     finally:
         for p, flag in zip(model.parameters(), frozen):

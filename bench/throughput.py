@@ -37,6 +37,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -104,14 +105,13 @@ def median(runs: list[dict], key: str) -> float:
 
 # ---- models on both sides ----
 
-def hf_twin(model: Transformer, tokenizer: Tokenizer, work: Path):
+def hf_twin(model: Transformer, tokenizer: Tokenizer, folder: Path):
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
     logging.disable_progress_bar()
 
-    folder = work / "hf"
-    folder.mkdir(exist_ok=True)
+    folder.mkdir()
     write_hf(model, tokenizer, folder)
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     hf.generation_config.eos_token_id = None  # exactly the tokens asked for, as on the other sides
@@ -151,10 +151,10 @@ def train_burst(forward_loss: Callable, model: torch.nn.Module, x, y, seconds: f
     return burst
 
 
-def bench_train(name: str, size: Size, bpe: Tokenizer, work: Path, a) -> dict:
+def bench_train(name: str, size: Size, bpe: Tokenizer, work: Path, a: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = Transformer(size.model)
-    hf = hf_twin(model, tokenizer_for(size.model.vocab_size, bpe), work)
+    hf = hf_twin(model, tokenizer_for(size.model.vocab_size, bpe), work / f"hf-train-{name}")
     gap = check_logits(model, hf, size.model.vocab_size)
     seeded = torch.Generator().manual_seed(0)
     data = torch.randint(0, size.model.vocab_size, (size.batch, size.seq + 1), generator=seeded)
@@ -257,11 +257,12 @@ def check_llama_cpp(model: Transformer, path: Path, prompt: list[int]) -> float:
     return gap
 
 
-def bench_decode(name: str, size: Size, bpe: Tokenizer, work: Path, a) -> dict:
+def bench_decode(name: str, size: Size, bpe: Tokenizer, work: Path, a: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = Transformer(size.model).eval()
     tokenizer = tokenizer_for(size.model.vocab_size, bpe)
-    hf = hf_twin(model, tokenizer, work).eval()
+    # a folder and file per model: both libraries may map the weights' file rather than copy it
+    hf = hf_twin(model, tokenizer, work / f"hf-decode-{name}").eval()
     gaps = {"transformers": check_logits(model, hf, size.model.vocab_size)}
     seeded = torch.Generator().manual_seed(2)
     ids = torch.randint(0, size.model.vocab_size, (PREFILL_PROMPT,), generator=seeded).tolist()
@@ -273,9 +274,10 @@ def bench_decode(name: str, size: Size, bpe: Tokenizer, work: Path, a) -> dict:
         skipped = "llama-cpp-python is not installed (scripts/setup.sh --dev builds it)"
         print(f"  llama.cpp row skipped: {skipped}")
     else:
-        write_gguf(model, tokenizer, work / "model.gguf", "f32")
-        gaps["llama.cpp"] = check_llama_cpp(model, work / "model.gguf", decode_prompt)
-        llm = llama_cpp_model(work / "model.gguf", size.model.max_seq_len, logits_all=False)
+        gguf = work / f"{name}.gguf"
+        write_gguf(model, tokenizer, gguf, "f32")
+        gaps["llama.cpp"] = check_llama_cpp(model, gguf, decode_prompt)
+        llm = llama_cpp_model(gguf, size.model.max_seq_len, logits_all=False)
         sides["llama.cpp"] = decode_burst(*llama_cpp_decoder(llm), decode_prompt, ids, a.new_tokens, a.repeats)
     runs = alternate(sides, a.bursts)
     row = {"size": name, "params": model.param_counts()["total"], "logit_max_abs_diff": gaps,
@@ -313,7 +315,7 @@ def smollm2_tokenizer() -> Tokenizer | str:
     return tokenizer_of(HFTokenizer.from_str(json.dumps(content)), "file")
 
 
-def bench_prepare(text: Path, bpe: Tokenizer, work: Path, a) -> dict:
+def bench_prepare(text: Path, bpe: Tokenizer, work: Path, a: argparse.Namespace) -> dict:
     tokenizers = {"byte": byte_tokenizer(), f"BPE {bpe.vocab_size} (trained on the corpus)": bpe,
                   "SmolLM2 tokenizer.json (49,152)": smollm2_tokenizer()}
     mb = text.stat().st_size / 1e6
@@ -456,7 +458,9 @@ def main() -> None:
             text = corpus_text(work, 300_000 if a.smoke else 1 << 30)
             bpe = train_bpe(iter([text.read_text()[:2_000_000]]), 512 if a.smoke else BPE_VOCAB)
         result = {"command": " ".join(["python", *sys.argv]), "torch": torch.__version__, "threads": THREADS,
-                  "dtype": "float32", "smoke": a.smoke, "new_tokens": a.new_tokens}
+                  "dtype": "float32", "smoke": a.smoke, "new_tokens": a.new_tokens,
+                  # another process on one of the two cores stalls every parallel region of the side that runs
+                  "load_average_before": os.getloadavg()}
         if "train" in parts:
             before = measured_matmul_flops(torch.device("cpu"), MATMUL_N)
             result["train"] = []
@@ -480,6 +484,7 @@ def main() -> None:
         if "profile" in parts:
             print("profiling", flush=True)
             result["profile"] = bench_profile(shapes)
+    result["load_average_after"] = os.getloadavg()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print_tables(result)

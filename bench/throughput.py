@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -64,6 +65,7 @@ MATMUL_N = 2048
 LOGIT_TOL = 1e-4  # fp32, two implementations of the same function
 DECODE_PROMPT, PREFILL_PROMPT = 32, 128
 BPE_VOCAB = 8192
+VERSIONED = (("transformers", "transformers"), ("llama_cpp", "llama-cpp-python"), ("tokenizers", "tokenizers"))
 
 
 @dataclasses.dataclass
@@ -167,7 +169,8 @@ def bench_train(name: str, size: Size, bpe: Tokenizer, work: Path, a: argparse.N
                       "transformers": train_burst(hf_loss, hf, x, y, a.seconds)}, a.bursts)
     flops = model.flops_per_token(size.seq)
     row = {"size": name, "params": model.param_counts()["total"], "batch": size.batch, "seq": size.seq,
-           "flops_per_token": flops, "logit_max_abs_diff": gap, "bursts": runs}
+           "flops_per_token": flops, "logit_max_abs_diff": gap, "bursts": runs,
+           "transformers_attention": hf.config._attn_implementation}
     for side in runs:
         row[side] = {"tokens_per_s": median(runs[side], "tokens_per_s")}
     row["ratio"] = row["tinylm"]["tokens_per_s"] / row["transformers"]["tokens_per_s"]
@@ -458,6 +461,8 @@ def main() -> None:
             text = corpus_text(work, 300_000 if a.smoke else 1 << 30)
             bpe = train_bpe(iter([text.read_text()[:2_000_000]]), 512 if a.smoke else BPE_VOCAB)
         result = {"command": " ".join(["python", *sys.argv]), "torch": torch.__version__, "threads": THREADS,
+                  "versions": {name: importlib.metadata.version(dist) for name, dist in VERSIONED
+                               if importlib.util.find_spec(name) is not None},
                   "dtype": "float32", "smoke": a.smoke, "new_tokens": a.new_tokens,
                   # another process on one of the two cores stalls every parallel region of the side that runs
                   "load_average_before": os.getloadavg()}

@@ -18,14 +18,18 @@ def small_cfg() -> ModelConfig:
     return ModelConfig(vocab_size=97, n_layer=2, d_model=64, n_heads=4, n_kv_heads=2, max_seq_len=32)
 
 
-@pytest.fixture
-def text_file(tmp_path):
-    """A small real-ish English text, enough for a few training windows."""
+def write_corpus(path, n_lines: int = 400):
+    """Write a small real-ish English text, enough for a few training windows, to `path`; return the path.
+    For module-scoped fixtures, which cannot use `text_file`."""
     lines = [f"Line {i}: the quick brown fox jumps over the lazy dog, and the cat sat on mat number {i % 7}."
-             for i in range(400)]
-    path = tmp_path / "corpus.txt"
+             for i in range(n_lines)]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    return write_corpus(tmp_path / "corpus.txt")
 
 
 @pytest.fixture

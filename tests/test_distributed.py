@@ -46,6 +46,8 @@ from tinylm.data import TokenData, prepare_cached
 from tinylm.tokenizer import Tokenizer
 from tinylm.train import train
 
+from conftest import write_corpus
+
 out, stop, resume, *overrides = sys.argv[1:]
 cfg = load_config(overrides=overrides)
 distributed.start("cpu", cfg.train.parallel_timeout)
@@ -115,9 +117,7 @@ class StopAt:
 def workdir(tmp_path_factory) -> Path:
     """A corpus, its prepared byte data, and the reference: an uninterrupted 1-process run (in this process)."""
     work = tmp_path_factory.mktemp("dist")
-    lines = [f"Line {i}: the quick brown fox jumps over the lazy dog, and the cat sat on mat number {i % 7}."
-             for i in range(400)]
-    (work / "corpus.txt").write_text("\n".join(lines) + "\n")
+    write_corpus(work / "corpus.txt")
     (work / "worker.py").write_text(WORKER)
     (work / "eval_worker.py").write_text(EVAL_WORKER)
     cfg = config(work)

@@ -23,6 +23,7 @@ from tinylm.faults import Stopped
 from tinylm.tokenizer import byte_tokenizer
 from tinylm.train import StepInfo, loop, train
 
+from conftest import write_corpus
 from test_ladder import parent, shape_file, task_file  # noqa: F401 (fixtures)
 from test_train import byte_data, losses, tiny_config
 
@@ -63,9 +64,7 @@ def train_args(corpus: Path, run: str, *extra: str) -> list[str]:
 def workdir(tmp_path_factory) -> Path:
     """A folder with a small corpus; prepared data is cached in it once for every run of this module."""
     folder = tmp_path_factory.mktemp("kill")
-    lines = [f"Line {i}: the quick brown fox jumps over the lazy dog, and the cat sat on mat number {i % 7}."
-             for i in range(400)]
-    (folder / "corpus.txt").write_text("\n".join(lines) + "\n")
+    write_corpus(folder / "corpus.txt")
     return folder
 
 

@@ -19,6 +19,7 @@ from tinylm.train import train
 from tinylm.train.objectives import Batch, sequence_logprobs, spin, spin_loss
 from tinylm.train.spin import PairData, SpinSettings, model_hash, run_spin, sample_metrics
 
+from conftest import write_corpus
 from test_train import StopAt
 
 P, C = 12, 8  # prefix and continuation tokens of the tiny runs
@@ -28,9 +29,7 @@ P, C = 12, 8  # prefix and continuation tokens of the tiny runs
 def start_run(tmp_path_factory):
     """A 2-layer byte model trained briefly on a small text (its own prepared data), as SPIN's starting point."""
     root = tmp_path_factory.mktemp("spin")
-    lines = [f"Line {i}: the quick brown fox jumps over the lazy dog, and the cat sat on mat number {i % 7}."
-             for i in range(300)]
-    (root / "corpus.txt").write_text("\n".join(lines) + "\n")
+    write_corpus(root / "corpus.txt", n_lines=300)
     cfg = load_config(overrides=[
         f"data.path={root / 'corpus.txt'}", "data.tokenizer=byte", f"data.cache_dir={root / 'cache'}",
         "model.n_layer=2", "model.d_model=32", "model.n_heads=2", "model.n_kv_heads=1", "model.max_seq_len=32",

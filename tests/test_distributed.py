@@ -30,6 +30,8 @@ from tinylm.tokenizer import Tokenizer
 from tinylm.train import StepInfo, train
 from tinylm.train.optim import build_optimizer
 
+from conftest import write_corpus
+
 RTOL = 1e-5
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ["data.tokenizer=byte", "model.n_layer=2", "model.d_model=32", "model.n_heads=2", "model.n_kv_heads=1",
@@ -45,8 +47,6 @@ from tinylm.config import load_config
 from tinylm.data import TokenData, prepare_cached
 from tinylm.tokenizer import Tokenizer
 from tinylm.train import train
-
-from conftest import write_corpus
 
 out, stop, resume, *overrides = sys.argv[1:]
 cfg = load_config(overrides=overrides)

@@ -142,6 +142,16 @@ def same_on_all_ranks(value: float) -> float:
     return float(t)
 
 
+def from_main(value):
+    """Rank 0's `value` (any picklable object) on every rank: what it read from the run directory, for example,
+    so that no rank decides on a file another rank is about to write."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=_collective_device())
+    return box[0]
+
+
 def mean_over_ranks(loss: torch.Tensor, numbers: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
     """Each rank's mean over its micro-batches -> the mean over the whole step, the same on every rank."""
     if not active():
@@ -195,12 +205,19 @@ def sum_over_ranks(nats: float, count: int) -> tuple[float, int]:
 
 @dataclass
 class Parallel:
-    """How the training model is spread over the ranks: `kind` none (one process), ddp or fsdp."""
+    """How the training model is spread over the ranks: `kind` none (one process), ddp or fsdp.
+
+    `reduce_after_backward`: DDP averages gradients from hooks that only its own forward arms, and expects one
+    backward per forward. An objective that reaches past forward into the model's parts, or back-propagates
+    several times per micro-batch (multi-token prediction does both), gets the plain model instead, and each
+    step's gradients are averaged once, by one all-reduce after the rank's last backward (`average_gradients`)."""
     kind: str = "none"
+    reduce_after_backward: bool = False
 
     @classmethod
-    def for_run(cls, tc) -> "Parallel":
-        """The spread `tc` (a TrainConfig) asks for, checked against the settings it cannot go with."""
+    def for_run(cls, tc, mtp: str = "none") -> "Parallel":
+        """The spread `tc` (a TrainConfig) asks for, checked against the settings it cannot go with; `mtp` is
+        model.mtp."""
         if tc.parallel not in PARALLEL_KINDS:
             raise TinyLMError(f"train.parallel='{tc.parallel}' is not one of {', '.join(PARALLEL_KINDS)}")
         if not active():
@@ -208,14 +225,18 @@ class Parallel:
         if tc.parallel == "fsdp" and tc.optimizer != "adamw":
             raise TinyLMError(f"train.optimizer={tc.optimizer} orthogonalizes whole matrices, which FSDP splits "
                               "across ranks; use train.parallel=ddp with it")
-        if tc.rounds > 1:
-            raise TinyLMError(f"train.rounds={tc.rounds}: multiple-round training scores its batches in one "
-                              "process; run it without torchrun / --nproc")
-        return cls(tc.parallel)
+        if tc.parallel == "fsdp" and mtp != "none":
+            raise TinyLMError(f"model.mtp={mtp} calls the model's layers one by one, outside the forward that "
+                              "FSDP gathers their shards in; use train.parallel=ddp with it")
+        return cls(tc.parallel, reduce_after_backward=mtp != "none")
 
     def wrap(self, model: nn.Module, device: torch.device, bf16: bool) -> nn.Module:
         """The module the loop runs forward and backward on. FSDP shards `model` in place (one unit per layer
         when no layer shares weights with another, else the whole model as one unit)."""
+        if self.kind == "ddp" and self.reduce_after_backward:
+            for tensor in model.state_dict().values():  # start every replica from rank 0's, as DDP's constructor does
+                dist.broadcast(tensor, src=0)
+            return model
         if self.kind == "ddp":
             return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         if self.kind == "fsdp":
@@ -233,11 +254,23 @@ class Parallel:
 
     def sync_gradients(self, train_model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
         """Gradients are averaged over the ranks only on a rank's last micro-batch of the step."""
-        if self.kind == "ddp" and not sync:
+        if self.kind == "ddp" and not sync and not self.reduce_after_backward:
             return train_model.no_sync()
         if self.kind == "fsdp":
             train_model.set_requires_gradient_sync(sync)
         return contextlib.nullcontext()
+
+    def average_gradients(self, model: nn.Module) -> None:
+        """With `reduce_after_backward`, each rank's gradients -> their mean over the ranks (nothing otherwise:
+        DDP and FSDP have averaged them during the backward pass)."""
+        if not self.reduce_after_backward:
+            return
+        # which parameters have a gradient is the same on every rank: they run the same code on equal shapes
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        # one flat all-reduce, not one per tensor: gloo and NCCL pay a latency per collective
+        mean = reduce_sum(torch.cat([g.flatten() for g in grads])) / world_size()
+        for grad, averaged in zip(grads, mean.split([g.numel() for g in grads])):
+            grad.copy_(averaged.view_as(grad))
 
     def checkpoint_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, dict] | None:
         """(a plain model holding the full weights, the optimizer state in the 1-process format) on rank 0, None

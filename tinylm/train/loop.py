@@ -211,9 +211,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
         raise TinyLMError("train.compile recompiles the model whenever dropout changes, which "
                           f"train.dropout_schedule={tc.dropout_schedule} does every step; set train.compile=false")
     device = resolve_device(distributed.device_for(tc.device))
-    parallel = distributed.Parallel.for_run(tc)  # distributed: DDP or FSDP over the ranks torchrun started
-    if distributed.active() and cfg.model.mtp != "none":  # its objective reaches into the unwrapped model
-        raise TinyLMError(f"model.mtp={cfg.model.mtp} trains in one process only for now; run it without torchrun / --nproc")
+    # distributed: DDP or FSDP over the ranks torchrun started
+    parallel = distributed.Parallel.for_run(tc, cfg.model.mtp)
     micros = distributed.micro_indices(tc.grad_accum)  # distributed: this rank's micro-batches of each step
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = tokenizer.vocab_size
@@ -340,6 +339,7 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
                 loss_sum += loss.detach()
                 for name, value in numbers.items():
                     numbers_sum[name] = numbers_sum.get(name, 0) + value / len(micros)
+            parallel.average_gradients(model)  # distributed: where DDP's hooks did not (multi-token prediction)
             loss_sum, numbers_sum = distributed.mean_over_ranks(loss_sum, numbers_sum)
             # with grad_clip=0 the norm is still needed to catch an inf gradient; max_norm=inf scales by exactly 1
             grad_norm = parallel.clip_gradients(model, tc.grad_clip or math.inf)

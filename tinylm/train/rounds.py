@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from tinylm import distributed
 from tinylm.errors import TinyLMError
 from tinylm.faults import Stopped, kill_point, stop_requested
 from tinylm.progress import progress_bar
@@ -100,12 +101,17 @@ def score_batches(model: torch.nn.Module, batch_of: Callable[[int], list[tuple[t
     """Mean loss of the frozen model on each of the first-round batches 0..n_batches-1.
 
     `batch_of(i)` gives step i's micro-batches. With `scores_file`, scores are saved every
-    `save_every_s` seconds and at the end, and a partly scored file is continued, not restarted."""
+    `save_every_s` seconds and at the end, and a partly scored file is continued, not restarted.
+
+    Under torchrun the ranks score the batches left in turns, one batch each per turn (distributed.share), and
+    gather every turn's scores: each rank holds them all and rank 0 saves them, as one process would. A batch's
+    score is the same float computation whichever rank does it, so the file is one process's."""
     scores = np.full(n_batches, np.nan)
-    if scores_file is not None and scores_file.is_file():
+    if scores_file is not None and distributed.is_main() and scores_file.is_file():
         saved = np.load(scores_file)
         if saved.shape == scores.shape:
             scores = saved
+    scores = distributed.from_main(scores)  # every rank continues from what rank 0 saved
     todo = np.flatnonzero(np.isnan(scores))
     was_training = model.training
     model.eval()
@@ -113,25 +119,32 @@ def score_batches(model: torch.nn.Module, batch_of: Callable[[int], list[tuple[t
     last_save = time.perf_counter()
     bar = progress_bar(total=n_batches, initial=n_batches - len(todo), disable=not progress, dynamic_ncols=True,
                        desc="scoring batches")
+    ranks = distributed.world_size()
     try:
-        for i in todo:
-            micro = batch_of(int(i))
+        for turn in range(0, len(todo), ranks):
+            batches = todo[turn:turn + ranks]
+            mine = list(distributed.share(batches))
+            # a rank left without a batch in the last turn scores a copy of the first: a sharded (FSDP) model
+            # needs every rank in every forward pass
+            micro = batch_of(int(mine[0] if mine else batches[0]))
             total = 0.0
             for x, y in micro:
                 with autocast or contextlib.nullcontext():
                     total += float(model(x.to(device), y.to(device)))
-            scores[i] = total / len(micro)
-            bar.update(1)
             kill_point("scoring-batch")
-            if (signum := stop_requested()) is not None:
+            # a stop signal travels with the scores, so that all ranks stop after the same turn
+            turn_scores = distributed.gather_shares([(total / len(micro) if mine else None, stop_requested())])
+            scores[batches] = [score for score, _ in turn_scores[:len(batches)]]
+            bar.update(len(batches))
+            if (signum := next((s for _, s in turn_scores if s is not None), None)) is not None:
                 raise Stopped(signum)  # the scores so far are saved below; training saved the round's end
-            if scores_file is not None and time.perf_counter() - last_save > save_every_s:
+            if scores_file is not None and distributed.is_main() and time.perf_counter() - last_save > save_every_s:
                 _save_scores(scores_file, scores)
                 last_save = time.perf_counter()
     finally:
         bar.close()
         model.train(was_training)
-        if scores_file is not None:
+        if scores_file is not None and distributed.is_main():
             _save_scores(scores_file, scores)
     if not np.isfinite(scores).all():
         raise TinyLMError("scoring the first round's batches gave a non-finite loss; the model diverged, lower train.lr")
@@ -179,17 +192,22 @@ class RoundSchedule:
         """Load the batches of the round starting at `step`, or score (resumably) and draw them."""
         r = self.round_at(step)
         batches_file = self.dir / f"round{r.index}.batches.json" if self.dir is not None else None
-        if batches_file is not None and batches_file.is_file():
-            self.drawn[r.index] = np.array(json.loads(batches_file.read_text())["batches"])
+        saved = None
+        if batches_file is not None and distributed.is_main() and batches_file.is_file():
+            saved = json.loads(batches_file.read_text())["batches"]
+        saved = distributed.from_main(saved)  # under torchrun rank 0 decides, so that all ranks score or none
+        if saved is not None:
+            self.drawn[r.index] = np.array(saved)
             return
         scores_file = None
         if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            if distributed.is_main():
+                self.dir.mkdir(parents=True, exist_ok=True)
             scores_file = self.dir / f"round{r.index}.scores.npy"
         losses = score(scores_file)
-        drawn = draw_batches(losses, r.steps, self.temperature, [self.seed, r.index])
+        drawn = distributed.from_main(draw_batches(losses, r.steps, self.temperature, [self.seed, r.index]))
         self.drawn[r.index] = drawn
-        if batches_file is not None:
+        if batches_file is not None and distributed.is_main():
             record = {"round": r.index, "temperature": self.temperature, "first_round_batches": len(losses),
                       "mean_loss_all": float(losses.mean()), "mean_loss_drawn": float(losses[drawn].mean()),
                       "batches": drawn.tolist()}

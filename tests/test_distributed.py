@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,9 +40,11 @@ SETTINGS = ["data.tokenizer=byte", "model.n_layer=2", "model.d_model=32", "model
             "train.warmup_steps=2", "train.log_every=1", "train.eval_every=3", "train.eval_tokens=2048",
             "train.ckpt_every=3", "eval.max_tokens=2048", "train.device=cpu"]
 
-# one torchrun worker: train, stopping (as Ctrl-C does: checkpoint, then exit) after step STOP (0: never)
+# one torchrun worker: train, stopping (as Ctrl-C does: checkpoint, then exit) after step STOP (0: never); each
+# rank then saves its multi-token prediction weights (if any) to OUT.rankR.mtp.pt
 WORKER = """
 import sys
+import torch
 from tinylm import distributed
 from tinylm.config import load_config
 from tinylm.data import TokenData, prepare_cached
@@ -54,7 +57,10 @@ distributed.start("cpu", cfg.train.parallel_timeout)
 with distributed.main_first():
     data_dir = prepare_cached(cfg.data, progress=False)
 
+trained = {}
+
 def stop_at(info):
+    trained["model"] = info.model
     if info.step == int(stop):
         raise KeyboardInterrupt
 
@@ -63,6 +69,9 @@ try:
           callbacks=(stop_at,), progress=False)
 except KeyboardInterrupt:
     pass
+if "model" in trained:
+    mtp = {k: v for k, v in trained["model"].state_dict().items() if k.startswith("mtp.")}
+    torch.save(mtp, f"{out}.rank{distributed.rank()}.mtp.pt")
 distributed.stop()
 """
 
@@ -88,10 +97,10 @@ def env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-def torchrun(nproc: int, *args, cwd: Path) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, *args, cwd: Path, environ: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                           str(nproc), *map(str, args)], cwd=cwd, env=env(), capture_output=True, text=True,
-                          timeout=300)
+                           str(nproc), *map(str, args)], cwd=cwd, env={**env(), **(environ or {})},
+                          capture_output=True, text=True, timeout=300)
 
 
 def losses(run: Path) -> list[tuple[int, float]]:
@@ -163,6 +172,13 @@ def test_grad_accum_must_split_evenly_over_the_ranks(monkeypatch):
 def test_an_unknown_parallel_kind_is_refused():
     with pytest.raises(TinyLMError, match="train.parallel='zero3' is not one of ddp, fsdp"):
         distributed.Parallel.for_run(TrainConfig(parallel="zero3"))
+
+
+def test_fsdp_refuses_multi_token_prediction(monkeypatch):
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    assert distributed.Parallel.for_run(TrainConfig(parallel="ddp"), "sequential").reduce_after_backward
+    with pytest.raises(TinyLMError, match="model.mtp=parallel .* use train.parallel=ddp"):
+        distributed.Parallel.for_run(TrainConfig(parallel="fsdp"), "parallel")
 
 
 def test_nproc_must_be_at_least_one(cli, tmp_path):
@@ -251,6 +267,77 @@ def test_evaluation_on_two_ranks_equals_one_process(workdir):
     for kind, key in (("val", "val_loss"), ("val", "bits_per_byte"), ("text", "loss"), ("text", "bits_per_byte")):
         assert two[kind][key] == pytest.approx(one[kind][key], rel=1e-9)
     assert (tasks["items"], tasks["acc"], tasks["acc_norm"]) == (7, one_tasks["acc"], one_tasks["acc_norm"])
+
+
+ROUNDS = ("train.rounds=2", "train.refine_ratio=0.5", "train.max_steps=7")  # rounds of 5 and 2 steps
+
+
+def train_here(work: Path, out: str, *extra: str) -> Path:
+    cfg = config(work, *extra)
+    data_dir = prepare_cached(cfg.data, progress=False)
+    train(cfg, TokenData.load(data_dir), Tokenizer.load(data_dir), work / out, progress=False)
+    return work / out
+
+
+def scores_and_drawn(run: Path) -> tuple[np.ndarray, list[int]]:
+    return (np.load(run / "rounds" / "round2.scores.npy"),
+            json.loads((run / "rounds" / "round2.batches.json").read_text())["batches"])
+
+
+@pytest.fixture(scope="module")
+def rounds_one(workdir) -> Path:
+    """The 1-process reference of a 2-round run."""
+    return train_here(workdir, "rounds-one", *ROUNDS)
+
+
+@pytest.mark.slow
+def test_two_ranks_score_and_draw_the_rounds_one_process_does(workdir, rounds_one):
+    """5 first-round batches to score: turns of 2, 2 and 1 (rank 1 pads the last); the scores file and the draw
+    equal one process's (the weights at the round's end repeat it bit for bit under DDP, so rel=RTOL is slack)."""
+    result = torchrun(2, workdir / "worker.py", workdir / "rounds-ddp", 0, "new", *overrides(workdir, *ROUNDS),
+                      cwd=workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (two, two_drawn), (one, one_drawn) = scores_and_drawn(workdir / "rounds-ddp"), scores_and_drawn(rounds_one)
+    assert two.shape == (5,) and two == pytest.approx(one, rel=RTOL)
+    assert two_drawn == one_drawn and len(two_drawn) == 2
+    assert_same_trajectory(losses(workdir / "rounds-ddp"), losses(rounds_one))
+
+
+@pytest.mark.slow
+def test_two_fsdp_ranks_stopped_while_scoring_resume_the_scoring(workdir, rounds_one):
+    """A stop signal on both ranks in their 2nd turn (batches 2 and 3) stops them together after it; rank 0 has
+    saved 4 scores, and the resumed run scores the 5th and repeats the uninterrupted 1-process run."""
+    settings = overrides(workdir, *ROUNDS, "train.parallel=fsdp", "train.parallel_timeout=60")
+    stopped = torchrun(2, workdir / "worker.py", workdir / "rounds-fsdp", 0, "new", *settings, cwd=workdir,
+                       environ={"TINYLM_KILL_AT": "scoring-batch:2", "TINYLM_KILL_SIGNAL": "TERM"})
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    partial = np.load(workdir / "rounds-fsdp" / "rounds" / "round2.scores.npy")
+    assert np.isfinite(partial[:4]).all() and np.isnan(partial[4])
+    assert load_checkpoint(workdir / "rounds-fsdp", with_state=True).state["step"] == 5  # the round's end
+    result = torchrun(2, workdir / "worker.py", workdir / "rounds-fsdp", 0, "resume", *settings, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (two, two_drawn), (one, one_drawn) = scores_and_drawn(workdir / "rounds-fsdp"), scores_and_drawn(rounds_one)
+    assert two[:4].tolist() == partial[:4].tolist()  # kept, not scored again
+    assert two == pytest.approx(one, rel=RTOL) and two_drawn == one_drawn
+    assert_same_trajectory(losses(workdir / "rounds-fsdp"), losses(rounds_one))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mtp", ["sequential", "parallel"])
+def test_two_ddp_ranks_train_multi_token_prediction_as_one_process(workdir, mtp):
+    """Same losses as one process at the same global batch; the extra heads' weights equal on both ranks (their
+    gradients were averaged once, the same on both)."""
+    extra = (f"model.mtp={mtp}", "model.mtp_heads=2", "train.mtp_weight=0.5")
+    one = train_here(workdir, f"mtp-{mtp}-one", *extra)
+    result = torchrun(2, workdir / "worker.py", workdir / f"mtp-{mtp}", 0, "new", *overrides(workdir, *extra),
+                      cwd=workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_same_trajectory(losses(workdir / f"mtp-{mtp}"), losses(one))
+    rank_0, rank_1 = (torch.load(workdir / f"mtp-{mtp}.rank{r}.mtp.pt") for r in (0, 1))
+    assert rank_0 and rank_0.keys() == rank_1.keys()
+    assert all(torch.equal(rank_0[k], rank_1[k]) for k in rank_0)
+    want = load_checkpoint(one).model.state_dict()
+    assert all(torch.allclose(rank_0[k], want[k], rtol=RTOL, atol=1e-6) for k in rank_0)
 
 
 def _descendants(pid: int) -> list[int]:

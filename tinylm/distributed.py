@@ -15,6 +15,11 @@ position): FSDP's shards are gathered to full tensors on rank 0 with torch.distr
 state-dict functions and scattered back with its set_* functions, so a checkpoint written by N ranks
 resumes on any M, 1 included, and every other command reads it.
 
+Multi-token prediction calls the model's parts outside its forward, which DDP's gradient hooks cannot follow:
+its model is not wrapped, and each step's gradients are averaged by one all-reduce after the backward passes
+(Parallel.reduce_after_backward). Multiple-round training scores its batches in turns shared over the ranks
+(tinylm.train.rounds).
+
 Dropout RNG in a run of more than one rank is re-seeded for every micro-batch from (seed, micro-batch
 index), so the masks depend on the data position, not on which rank draws them, and need no saving.
 

@@ -16,6 +16,9 @@ is how continued pre-training recovers the loss a single longer run reaches (Ibr
 Files, in RUN/rounds/, written atomically so a crash at any point resumes without repeating work:
   round{k}.scores.npy    l_i for every round-1 batch, scored after round k−1 (NaN = not scored yet)
   round{k}.batches.json  the drawn round-1 step indices, in training order
+
+Under torchrun the ranks share the scoring (`score_batches`) and hold the same scores and draw; rank 0 alone
+reads and writes these files and hands what it read to the others, so the files are those of one process.
 """
 
 from __future__ import annotations

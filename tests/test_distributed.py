@@ -69,8 +69,8 @@ try:
           callbacks=(stop_at,), progress=False)
 except KeyboardInterrupt:
     pass
-if "model" in trained:
-    mtp = {k: v for k, v in trained["model"].state_dict().items() if k.startswith("mtp.")}
+mtp = {k: v for k, v in trained["model"].state_dict().items() if k.startswith("mtp.")} if trained else {}
+if mtp:
     torch.save(mtp, f"{out}.rank{distributed.rank()}.mtp.pt")
 distributed.stop()
 """
@@ -338,6 +338,37 @@ def test_two_ddp_ranks_train_multi_token_prediction_as_one_process(workdir, mtp)
     assert all(torch.equal(rank_0[k], rank_1[k]) for k in rank_0)
     want = load_checkpoint(one).model.state_dict()
     assert all(torch.allclose(rank_0[k], want[k], rtol=RTOL, atol=1e-6) for k in rank_0)
+
+
+# rank r's gradients are all r + 1; print them after Parallel.average_gradients
+AVERAGE_WORKER = """
+import torch
+from tinylm import distributed
+from tinylm.config import ModelConfig, TrainConfig
+from tinylm.model import Transformer
+
+distributed.start("cpu", 60)
+model = Transformer(ModelConfig(vocab_size=16, n_layer=1, d_model=8, n_heads=2, n_kv_heads=1, max_seq_len=8,
+                                mtp="sequential", mtp_heads=1))
+parallel = distributed.Parallel.for_run(TrainConfig(parallel="ddp"), "sequential")
+parallel.wrap(model, torch.device("cpu"), bf16=False)
+for p in model.parameters():
+    p.grad = torch.full_like(p, distributed.rank() + 1.0)
+parallel.average_gradients(model)
+print("rank", distributed.rank(), sorted({float(v) for p in model.parameters() for v in p.grad.flatten()}))
+distributed.stop()
+"""
+
+
+@pytest.mark.slow
+def test_gradients_averaged_after_backward_are_the_mean_over_the_ranks(tmp_path):
+    """Adam barely tells a mean from a sum (it divides by the gradient's scale), so the trajectory tests alone would
+    pass gradients summed over the ranks: this checks the averaging itself."""
+    (tmp_path / "average.py").write_text(AVERAGE_WORKER)
+    result = torchrun(2, tmp_path / "average.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(line for line in result.stdout.splitlines() if line.startswith("rank")) == [
+        "rank 0 [1.5]", "rank 1 [1.5]"]
 
 
 def _descendants(pid: int) -> list[int]:

@@ -67,6 +67,14 @@ def test_a_compiled_runs_checkpoint_loads_in_eager_under_the_plain_names(tmp_pat
     assert torch.isfinite(model(x)).all()
 
 
+def test_the_progress_bar_says_compiling_during_the_first_step_only(tmp_path, data, capsys):
+    train(tiny_config("train.compile=true", "train.max_steps=2"), data, byte_tokenizer(), tmp_path, progress=True)
+    lines = capsys.readouterr().err.splitlines()  # not a terminal: one plain line per redraw
+    bar_lines = [line for line in lines if line.startswith("train ")]
+    assert "(compiling)" in bar_lines[0] and " 0%" in bar_lines[0]
+    assert "(compiling)" not in bar_lines[-1] and "100%" in bar_lines[-1]
+
+
 def test_distillation_trains_compiled_like_eager(tmp_path, data):
     teacher, _, _ = save_tiny_byte_run(tmp_path / "teacher")
     cfg = ["data.tokenizer=byte", f"train.distill_teacher={teacher}", "train.distill_alpha=0.5", "train.max_steps=4"]

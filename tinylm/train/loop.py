@@ -94,6 +94,27 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def deterministic_scatter(on: bool):
+    """While on, scatter-adds (a compiled embedding's backward) add in a fixed order. Inductor lowers them to
+    index_put_, which on CPU otherwise adds rows with atomics from parallel threads, in an order that differs
+    between runs: a compiled run could not repeat itself bit for bit (exact resume). The mode is read both when
+    compiling and when the kernel runs, so it is on around every compiled call. Eager CPU ops are deterministic
+    already; empty tensors are not NaN-filled, which the mode would otherwise add to every allocation."""
+    if not on:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.utils.deterministic.fill_uninitialized_memory = before[2]
+
+
 def rng_state(device: torch.device) -> dict:
     state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -210,6 +231,9 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     if tc.compile and tc.dropout_schedule != "constant" and cfg.model.dropout:  # torch.compile guards on p
         raise TinyLMError("train.compile recompiles the model whenever dropout changes, which "
                           f"train.dropout_schedule={tc.dropout_schedule} does every step; set train.compile=false")
+    if tc.compile and cfg.model.mtp != "none":  # its objective calls the trunk and heads, not the compiled forward
+        raise TinyLMError(f"train.compile compiles the model's forward, which model.mtp={cfg.model.mtp}'s objective "
+                          "does not call (it runs the trunk and heads itself); set train.compile=false")
     device = resolve_device(distributed.device_for(tc.device))
     # distributed: DDP or FSDP over the ranks torchrun started
     parallel = distributed.Parallel.for_run(tc, cfg.model.mtp)
@@ -289,13 +313,18 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
             pairs = [(x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in pairs]
         return pairs
 
+    # Only the training forward (and its backward) is compiled: validation, round scoring and checkpoints use the
+    # plain `model`, so eval shapes never recompile the training graph and saved names carry no `_orig_mod.`.
+    # Compiling happens in the first step, inside train.max_seconds: that is what a compiled run costs.
     train_model = torch.compile(train_model) if tc.compile else train_model
     autocast = autocast_for(device, tc.precision)
     params = model.param_counts()
+    desc = f"train {params['total'] / 1e6:.1f}M params"
+    compiling = tc.compile  # the first step compiles (tens of seconds on CPU): the bar says so, not to look hung
     # the bar runs over training progress (steps, tokens or seconds: whichever limit is nearest), so its
     # ETA is right for every stop condition
     bar = progress_bar(total=1.0, initial=progress_of(cfg, step, tokens, seconds), disable=not progress,
-                       dynamic_ncols=True, desc=f"train {params['total'] / 1e6:.1f}M params",
+                       dynamic_ncols=True, desc=f"{desc} (compiling)" if compiling else desc,
                        bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
     clock = start_time if start_time is not None else time.perf_counter()
     clock -= seconds  # a resumed run continues its clock
@@ -330,7 +359,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
                 if distributed.active():
                     distributed.seed_micro_batch(tc.seed, index)
                 # distributed: each rank averages its micro-batches, DDP/FSDP average over the ranks on the last
-                with parallel.sync_gradients(train_model, sync=micro == micros[-1]):
+                with (parallel.sync_gradients(train_model, sync=micro == micros[-1]),
+                      deterministic_scatter(tc.compile and device.type == "cpu")):
                     with autocast:
                         loss, numbers = objective(train_model, Batch(x, y, index, p, 1 / len(micros)))
                         loss = loss / len(micros)
@@ -377,6 +407,9 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
                      "lr": lr, "dropout": dropout, "tokens": tokens, "seconds": round(seconds, 3),
                      "tokens_per_s": round(rate, 1), **({"round": r.index} if (r := rounds.round_at(step - 1)) else {})})
                 bar.set_postfix(step=step, loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
+            if compiling:
+                compiling = False
+                bar.set_description_str(desc, refresh=False)
             bar.update(min(progress_of(cfg, step, tokens, seconds), 1.0) - bar.n)
             if tc.eval_every and step % tc.eval_every == 0:
                 val_loss, val_bpb = validate(model, data, cfg, autocast, tc.eval_tokens)

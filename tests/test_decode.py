@@ -25,8 +25,8 @@ def both(model: Transformer, prompt: list[int], n: int, **kw) -> tuple[list[int]
 
 @pytest.mark.parametrize("cfg", [
     PLAIN,
-    dataclasses.replace(PLAIN, n_heads=4, n_kv_heads=2, qkv_bias=True, tie_embeddings=True),
-    dataclasses.replace(PLAIN, n_layer=2, block_repeat=2, stack_repeat=2, ffn_sharing="all"),
+    dataclasses.replace(PLAIN, n_heads=4, n_kv_heads=2, qkv_bias=True, tie_embeddings=True, init_std=0.5),
+    dataclasses.replace(PLAIN, n_layer=2, block_repeat=2, ffn_sharing="all"),
 ], ids=["plain", "gqa-qkv-bias-tied", "repeated-blocks"])
 def test_compiled_greedy_decoding_gives_the_eager_tokens(cfg):
     model = model_of(cfg)

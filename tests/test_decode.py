@@ -85,3 +85,8 @@ def test_sample_compile_flag_prints_the_eager_text(cli, text_file, tmp_path):
     code, eager, _ = cli(*args)
     assert code == 0 and eager.startswith("The quick") and len(eager) > len("The quick\n")
     assert cli(*args, "--compile") == (0, eager, "")
+
+
+def test_sample_refuses_compile_with_speculative_decoding(cli, tmp_path):
+    code, _, err = cli("sample", tmp_path / "any-run", "--speculative", "--compile")
+    assert code == 2 and "--speculative and --compile do not combine" in err

@@ -13,10 +13,13 @@ flops_per_token (6 x matmul parameters + the attention scores, PaLM appendix B) 
 2048 x 2048 matmul rate measured in the same run (tinylm.train.perf).
 
 Decode, at batch 1, greedy: the time for 64 new tokens (--smoke: 8) from a 32-token prompt
-(tinylm.model.generate.generate, transformers' generate, llama-cpp-python's generate), less the time for 1 new
+(tinylm.model.generate.generate eager and with compile=True, transformers' generate, llama-cpp-python's
+generate), less the time for 1 new
 token from the same prompt (the prefill and each generator's fixed set-up), over the 63 single-token steps in
 between; each of the two times is the best of 3 in a burst (--smoke: 1). Prefill: tokens/s of one forward over
-a 128-token prompt into an empty KV cache (best of 3).
+a 128-token prompt into an empty KV cache (best of 3). "tinylm compiled" decodes each token with a compiled
+static-shape step (tinylm.model.decode); its one-time compile, the first compiled generate of the size before
+any burst, is reported apart as compile_s, and its prefill is the eager one.
 
 Data preparation: tinylm.data.prepare.prepare with 2 worker processes on the built-in corpus, MB (1e6 bytes) of
 UTF-8 text per second, for the byte tokenizer, a byte-level BPE of 8,192 trained on the corpus, and SmolLM2's
@@ -202,13 +205,13 @@ def decode_burst(prefill: Callable[[list[int]], None], gen: Callable[[list[int],
     return burst
 
 
-def tinylm_decoder(model: Transformer) -> tuple[Callable, Callable]:
+def tinylm_decoder(model: Transformer, compile: bool = False) -> tuple[Callable, Callable]:
     @torch.no_grad()
     def prefill(prompt):
         cache = KVCache(model.cfg, 1, model.cfg.max_seq_len, "cpu", torch.float32)
         model(torch.tensor([prompt]), cache=cache, start=0)
 
-    return prefill, lambda prompt, n: generate(model, prompt, n, temperature=0)
+    return prefill, lambda prompt, n: generate(model, prompt, n, temperature=0, compile=compile)
 
 
 def hf_decoder(hf) -> tuple[Callable, Callable]:
@@ -270,7 +273,10 @@ def bench_decode(name: str, size: Size, bpe: Tokenizer, work: Path, a: argparse.
     seeded = torch.Generator().manual_seed(2)
     ids = torch.randint(0, size.model.vocab_size, (PREFILL_PROMPT,), generator=seeded).tolist()
     decode_prompt = ids[:DECODE_PROMPT]
+    compile_s = timed(lambda: generate(model, decode_prompt, 2, temperature=0, compile=True))
     sides = {"tinylm": decode_burst(*tinylm_decoder(model), decode_prompt, ids, a.new_tokens, a.repeats),
+             "tinylm compiled": decode_burst(*tinylm_decoder(model, compile=True), decode_prompt, ids, a.new_tokens,
+                                             a.repeats),
              "transformers": decode_burst(*hf_decoder(hf), decode_prompt, ids, a.new_tokens, a.repeats)}
     skipped = None
     if importlib.util.find_spec("llama_cpp") is None:
@@ -284,7 +290,7 @@ def bench_decode(name: str, size: Size, bpe: Tokenizer, work: Path, a: argparse.
         sides["llama.cpp"] = decode_burst(*llama_cpp_decoder(llm), decode_prompt, ids, a.new_tokens, a.repeats)
     runs = alternate(sides, a.bursts)
     row = {"size": name, "params": model.param_counts()["total"], "logit_max_abs_diff": gaps,
-           "llama_cpp_skipped": skipped}
+           "llama_cpp_skipped": skipped, "compile_s": compile_s}
     reference = runs["tinylm"][0]["tokens"]
     for side, bursts in runs.items():
         row[side] = {"decode_ms_per_token": median(bursts, "decode_ms_per_token"),
@@ -293,11 +299,11 @@ def bench_decode(name: str, size: Size, bpe: Tokenizer, work: Path, a: argparse.
                      "greedy_tokens_equal_to_tinylm": sum(p == q for p, q in zip(bursts[0]["tokens"], reference))}
     row["bursts"] = {side: [{k: v for k, v in b.items() if k != "tokens"} for b in bursts]
                      for side, bursts in runs.items()}
-    row["decode_speedup_vs_transformers"] = (row["transformers"]["decode_ms_per_token"]
-                                             / row["tinylm"]["decode_ms_per_token"])
-    if "llama.cpp" in runs:
-        row["decode_speedup_vs_llama_cpp"] = (row["llama.cpp"]["decode_ms_per_token"]
-                                              / row["tinylm"]["decode_ms_per_token"])
+    for ours, suffix in (("tinylm", ""), ("tinylm compiled", "_compiled")):
+        for other, key in (("transformers", "transformers"), ("llama.cpp", "llama_cpp")):
+            if other in runs:
+                row[f"decode_speedup{suffix}_vs_{key}"] = (row[other]["decode_ms_per_token"]
+                                                           / row[ours]["decode_ms_per_token"])
     return row
 
 
@@ -413,17 +419,21 @@ def print_tables(result: dict) -> None:
                   f"| {r['ratio']:.2f}× "
                   f"| {r['tinylm']['mfu']:.0%} | {r['transformers']['mfu']:.0%} |")
     if "decode" in result:
-        print("\nDecode (ms/token, batch 1, greedy) and prefill (tokens/s, 128-token prompt)")
-        print("| size | tinylm | transformers | llama.cpp | vs transformers | vs llama.cpp "
-              "| prefill tinylm | prefill transformers | prefill llama.cpp |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("\nDecode (ms/token, batch 1, greedy; speed-ups of eager / compiled tinylm), the compiled step's "
+              "one-time compile, and prefill (tokens/s, 128-token prompt)")
+        print("| size | tinylm | tinylm compiled | transformers | llama.cpp | vs transformers | vs llama.cpp "
+              "| compile s | prefill tinylm | prefill transformers | prefill llama.cpp |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in result["decode"]:
-            sides = ("tinylm", "transformers", "llama.cpp")
+            sides = ("tinylm", "tinylm compiled", "transformers", "llama.cpp")
             ms = [cell(r.get(side, {}).get("decode_ms_per_token"), ".2f") for side in sides]
-            speedups = [cell(r.get(key), ".2f", "×")
-                        for key in ("decode_speedup_vs_transformers", "decode_speedup_vs_llama_cpp")]
-            prefill = [cell(r.get(side, {}).get("prefill_tokens_per_s"), ",.0f") for side in sides]
-            print(f"| ~{r['size'].upper()} | {' | '.join(ms + speedups + prefill)} |")
+            speedups = [f"{cell(r.get(f'decode_speedup_vs_{key}'), '.2f', '×')} / "
+                        f"{cell(r.get(f'decode_speedup_compiled_vs_{key}'), '.2f', '×')}"
+                        for key in ("transformers", "llama_cpp")]
+            prefill = [cell(r.get(side, {}).get("prefill_tokens_per_s"), ",.0f")
+                       for side in ("tinylm", "transformers", "llama.cpp")]
+            compile_s = [format(r["compile_s"], ".1f")]
+            print(f"| ~{r['size'].upper()} | {' | '.join(ms + speedups + compile_s + prefill)} |")
     if "prepare" in result:
         p = result["prepare"]
         print(f"\nData preparation, {p['text_mb']:.1f} MB of the built-in corpus, {p['workers']} workers")

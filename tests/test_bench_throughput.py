@@ -29,7 +29,7 @@ def test_throughput_smoke_writes_every_row(tmp_path):
         assert row["logit_max_abs_diff"] <= 1e-4
 
     has_llama_cpp = importlib.util.find_spec("llama_cpp") is not None
-    decoders = ["tinylm", "transformers"] + ["llama.cpp"] * has_llama_cpp
+    decoders = ["tinylm", "tinylm compiled", "transformers"] + ["llama.cpp"] * has_llama_cpp
     assert [row["size"] for row in result["decode"]] == sizes
     for row in result["decode"]:
         for side in decoders:
@@ -38,6 +38,7 @@ def test_throughput_smoke_writes_every_row(tmp_path):
             # same weights, greedy: every side picks the same tokens (these seeded models have no near-ties)
             assert row[side]["greedy_tokens_equal_to_tinylm"] == result["new_tokens"]
         assert (row["llama_cpp_skipped"] is None) == has_llama_cpp
+        assert row["compile_s"] > 0 and "decode_speedup_compiled_vs_transformers" in row
         assert max(row["logit_max_abs_diff"].values()) <= 1e-4
 
     tokenizers = result["prepare"]["tokenizers"]

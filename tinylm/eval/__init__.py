@@ -96,14 +96,14 @@ def _documents(source: str) -> Iterator[str]:
 
 
 def sample(run: str | Path, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
-           top_k: int = 0, top_p: float = 0.95, seed: int = 0, device: str = "cpu") -> str:
+           top_k: int = 0, top_p: float = 0.95, seed: int = 0, device: str = "cpu", compile: bool = False) -> str:
     ckpt = load_checkpoint(run, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     prompt_ids = ckpt.tokenizer.encode(prompt)
     if ckpt.tokenizer.kind == PATCHES:
         prompt_ids = flag_prompt_end(ckpt.model, prompt_ids)
     ids = generate(ckpt.model, prompt_ids, max_new_tokens, temperature, top_k, top_p,
-                   eos_id=ckpt.tokenizer.eos_id, generator=generator)
+                   eos_id=ckpt.tokenizer.eos_id, generator=generator, compile=compile)
     if ckpt.cfg.model.kind == "byte":  # byte patches: the byte is the id mod 257, the flag is dropped
         return prompt + utf8_text(bytes(s for s in (i % N_SYMBOLS for i in ids) if s < 256))
     return prompt + ckpt.tokenizer.decode(ids)

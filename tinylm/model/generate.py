@@ -33,7 +33,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 def generate(model: Transformer | ByteTransformer, prompt: list[int], max_new_tokens: int, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
              generator: torch.Generator | None = None,
-             stop: Callable[[list[int]], bool] | None = None) -> list[int]:
+             stop: Callable[[list[int]], bool] | None = None, compile: bool = False) -> list[int]:
     """Continue `prompt` (token ids); returns only the new ids, stopping after EOS, after max_new_tokens or
     as soon as `stop(new ids)` is true (a stop string appeared, say).
 
@@ -41,6 +41,9 @@ def generate(model: Transformer | ByteTransformer, prompt: list[int], max_new_to
     context is full, generation slides: the cache is re-filled from the last max_seq_len // 2 tokens (prompt
     and output alike) and decoding continues from there, so exactly max_new_tokens come out unless EOS or
     `stop` ends them sooner.
+
+    compile=True runs each one-token step as a compiled static-shape graph (model/decode.py; token Transformer
+    only): the same tokens, several times faster per token after a one-time compile of the model's shape.
     """
     model.eval()
     device = model.embed.weight.device
@@ -49,7 +52,14 @@ def generate(model: Transformer | ByteTransformer, prompt: list[int], max_new_to
     # re-prefills once per max_len // 2 new tokens instead, at the cost of shorter context just after a slide.
     keep = max(1, max_len // 2)
 
+    if compile:
+        from tinylm.model.decode import CompiledDecoder  # loads torch's compiler (~2 s): not for eager decoding
+
+        decoder = CompiledDecoder(model)
+
     def prefill(context: list[int]) -> tuple[ByteCache | KVCache, torch.Tensor]:
+        if compile:
+            return decoder.cache, decoder.prefill(context)
         cache = (ByteCache if isinstance(model, ByteTransformer) else KVCache)(
             model.cfg, 1, max_len, device, model.embed.weight.dtype)
         return cache, model(torch.tensor([context], device=device), cache=cache, start=0)[:, -1]
@@ -72,7 +82,7 @@ def generate(model: Transformer | ByteTransformer, prompt: list[int], max_new_to
             cache, logits = prefill(context)
             pos = len(context)
         else:
-            logits = model(nxt.view(1, 1), cache=cache, start=pos)[:, -1]
+            logits = decoder.step(nxt, pos) if compile else model(nxt.view(1, 1), cache=cache, start=pos)[:, -1]
             pos += 1
     return out
 

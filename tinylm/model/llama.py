@@ -147,20 +147,29 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, start: int = 0):
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, start: int | torch.Tensor = 0):
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask, causal = None, True
-        if cache is not None:
+        if isinstance(start, torch.Tensor):
+            # static-shape decoding (model/decode.py): one query at position `start` (a (1,) tensor, so a compiled
+            # step serves every position) against the whole cache, whose entries past `start` are stale or empty
+            cache.k[layer].index_copy_(2, start, k)
+            cache.v[layer].index_copy_(2, start, v)
+            k, v = cache.k[layer], cache.v[layer]
+            causal = False
+            mask = (torch.arange(k.size(2), device=x.device) <= start).view(1, -1)
+        elif cache is not None:
             cache.k[layer][:B, :, start:start + T] = k
             cache.v[layer][:B, :, start:start + T] = v
             k, v = cache.k[layer][:B, :, :start + T], cache.v[layer][:B, :, :start + T]
-            if start > 0:  # queries at start..start+T-1 see every key up to their own position
-                causal = False
-                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            if start > 0:
+                causal = False  # is_causal aligns the mask top-left, wrong for queries that follow cached keys
+                if T > 1:  # queries at start..start+T-1 see every key up to their own position; one query sees all
+                    mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0,

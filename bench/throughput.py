@@ -10,7 +10,8 @@ bursts.
 Training: one step is forward, cross-entropy on the logits, backward and torch.optim.AdamW (lr 1e-3, weight
 decay 0.1, fused) on every parameter, the same on both sides and the same random batch. MFU = the model's own
 flops_per_token (6 x matmul parameters + the attention scores, PaLM appendix B) x tokens/s / the best fp32
-2048 x 2048 matmul rate measured in the same run (tinylm.train.perf).
+2048 x 2048 matmul rate measured in the same run (tinylm.train.perf). A third side, "tinylm compiled", is what
+train.compile=true runs: the same weights through torch.compile (Inductor), its first step's compile timed apart.
 
 Decode, at batch 1, greedy: the time for 64 new tokens (--smoke: 8) from a 32-token prompt
 (tinylm.model.generate.generate eager and with compile=True, transformers' generate, llama-cpp-python's
@@ -61,6 +62,7 @@ from tinylm.model import Transformer
 from tinylm.model.generate import generate
 from tinylm.model.llama import KVCache
 from tinylm.tokenizer import Tokenizer, byte_tokenizer, tokenizer_of, train_bpe
+from tinylm.train.loop import deterministic_scatter
 from tinylm.train.perf import measured_matmul_flops
 
 THREADS = 2
@@ -168,7 +170,22 @@ def bench_train(name: str, size: Size, bpe: Tokenizer, work: Path, a: argparse.N
     def hf_loss(x, y):
         return F.cross_entropy(hf(input_ids=x, use_cache=False).logits.flatten(0, 1), y.flatten())
 
+    # train.compile=true's path: the model compiled by torch.compile, its backward's scatter-adds deterministic
+    # (tinylm.train.loop.deterministic_scatter), from the same weights; its first step compiles, timed apart
+    twin = Transformer(size.model)
+    twin.load_state_dict(model.state_dict())
+    compiled = torch.compile(twin)
+
+    def compiled_loss(x, y):
+        with deterministic_scatter(True):
+            return compiled(x, y)
+
+    start = time.perf_counter()
+    compiled_loss(x, y).backward()
+    compile_s = time.perf_counter() - start
+    twin.zero_grad(set_to_none=True)
     runs = alternate({"tinylm": train_burst(lambda x, y: model(x, y), model, x, y, a.seconds),
+                      "tinylm compiled": train_burst(compiled_loss, twin, x, y, a.seconds),
                       "transformers": train_burst(hf_loss, hf, x, y, a.seconds)}, a.bursts)
     flops = model.flops_per_token(size.seq)
     row = {"size": name, "params": model.param_counts()["total"], "batch": size.batch, "seq": size.seq,
@@ -177,6 +194,8 @@ def bench_train(name: str, size: Size, bpe: Tokenizer, work: Path, a: argparse.N
     for side in runs:
         row[side] = {"tokens_per_s": median(runs[side], "tokens_per_s")}
     row["ratio"] = row["tinylm"]["tokens_per_s"] / row["transformers"]["tokens_per_s"]
+    row["ratio_compiled"] = row["tinylm compiled"]["tokens_per_s"] / row["transformers"]["tokens_per_s"]
+    row["compile_s"] = compile_s
     return row
 
 
@@ -411,13 +430,15 @@ def print_tables(result: dict) -> None:
             print(f"| `{op['op']}` | {op['self_ms_per_step']:.2f} | {op['share']:.0%} | {op['calls_per_step']:g} |")
     if "train" in result:
         print(f"\nTraining, fp32 {MATMUL_N}² matmul: {result['matmul_gflops']:.0f} GFLOP/s")
-        print("| size | params | batch | tinylm tok/s | transformers tok/s | ratio | tinylm MFU | transformers MFU |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| size | params | batch | tinylm tok/s | compiled tok/s | transformers tok/s | ratio (eager / compiled) "
+              "| MFU (eager / compiled) | transformers MFU | compile s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in result["train"]:
             print(f"| ~{r['size'].upper()} | {r['params'] / 1e6:.2f}M | {r['batch']}×{r['seq']} "
-                  f"| {r['tinylm']['tokens_per_s']:,.0f} | {r['transformers']['tokens_per_s']:,.0f} "
-                  f"| {r['ratio']:.2f}× "
-                  f"| {r['tinylm']['mfu']:.0%} | {r['transformers']['mfu']:.0%} |")
+                  f"| {r['tinylm']['tokens_per_s']:,.0f} | {r['tinylm compiled']['tokens_per_s']:,.0f} "
+                  f"| {r['transformers']['tokens_per_s']:,.0f} | {r['ratio']:.2f}× / {r['ratio_compiled']:.2f}× "
+                  f"| {r['tinylm']['mfu']:.0%} / {r['tinylm compiled']['mfu']:.0%} | {r['transformers']['mfu']:.0%} "
+                  f"| {r['compile_s']:.1f} |")
     if "decode" in result:
         print("\nDecode (ms/token, batch 1, greedy; speed-ups of eager / compiled tinylm), the compiled step's "
               "one-time compile, and prefill (tokens/s, 128-token prompt)")
@@ -486,7 +507,7 @@ def main() -> None:
             matmul = max(before, measured_matmul_flops(torch.device("cpu"), MATMUL_N))
             result["matmul_gflops"] = matmul / 1e9
             for row in result["train"]:
-                for side in ("tinylm", "transformers"):
+                for side in ("tinylm", "tinylm compiled", "transformers"):
                     row[side]["mfu"] = row["flops_per_token"] * row[side]["tokens_per_s"] / matmul
         if "decode" in parts:
             result["decode"] = []

@@ -23,9 +23,10 @@ def test_throughput_smoke_writes_every_row(tmp_path):
 
     assert [row["size"] for row in result["train"]] == sizes
     for row in result["train"]:
-        for side in ("tinylm", "transformers"):
+        for side in ("tinylm", "tinylm compiled", "transformers"):
             assert row[side]["tokens_per_s"] > 0 and 0 < row[side]["mfu"] < 1
-        assert len(row["bursts"]["tinylm"]) == len(row["bursts"]["transformers"]) == 2
+            assert len(row["bursts"][side]) == 2
+        assert row["compile_s"] > 0 and row["ratio_compiled"] > 0
         assert row["logit_max_abs_diff"] <= 1e-4
 
     has_llama_cpp = importlib.util.find_spec("llama_cpp") is not None

@@ -103,8 +103,10 @@ def test_changing_a_byte_changes_no_earlier_prediction(patching, pooling):
                 changed = ids.clone()
                 changed[0, j] = replacement if ids[0, j] != replacement else 46
                 out = model(changed)
-                # logits at t predict byte t + 1: positions t < j read bytes <= t only
-                assert torch.equal(out[:, :j], full[:, :j]), (j, replacement)
+                # logits at t predict byte t + 1: positions t < j read bytes <= t only. Not bit-equal: a moved patch
+                # boundary changes how many patches the global blocks see, and on some CPUs (AVX-512 here) the
+                # matmul kernels then sum in another order, up to ~5e-7 apart (measured); the changed byte itself moves ~1
+                torch.testing.assert_close(out[:, :j], full[:, :j], rtol=0, atol=1e-5, msg=f"{(j, replacement)}")
                 assert not torch.allclose(out[:, j], full[:, j])
 
 

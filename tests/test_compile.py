@@ -14,7 +14,7 @@ from tinylm.tokenizer import byte_tokenizer
 from tinylm.train import train
 
 from conftest import save_tiny_byte_run
-from test_train import StopAt, byte_data, losses, tiny_config
+from test_train import assert_resume_repeats_the_whole_run, byte_data, losses, tiny_config
 
 # Inductor fuses the forward and backward into other kernels that sum in another order, so each step's loss
 # differs from eager's by fp32 rounding; training carries that into the weights, and over the 8 steps here the
@@ -48,15 +48,8 @@ def test_a_compiled_run_logs_the_eager_losses(tmp_path, data):
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_a_compiled_resume_repeats_the_uninterrupted_compiled_run(tmp_path, data, optimizer):
-    cfg = ["train.compile=true", "train.grad_accum=2", f"train.optimizer={optimizer}"]
-    train(tiny_config(*cfg), data, byte_tokenizer(), tmp_path / "whole", progress=False)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(*cfg), data, byte_tokenizer(), tmp_path / "split", progress=False, callbacks=(StopAt(3),))
-    train(tiny_config(*cfg), data, byte_tokenizer(), tmp_path / "split", resume=True, progress=False)
-    assert losses(tmp_path / "split") == losses(tmp_path / "whole")
-    whole = load_checkpoint(tmp_path / "whole").model.state_dict()
-    split = load_checkpoint(tmp_path / "split").model.state_dict()
-    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    assert_resume_repeats_the_whole_run(["train.compile=true", "train.grad_accum=2", f"train.optimizer={optimizer}"],
+                                        data, tmp_path)
 
 
 def test_a_compiled_runs_checkpoint_loads_in_eager_under_the_plain_names(tmp_path, data):

@@ -49,6 +49,11 @@ class StopAt:
 def test_resume_repeats_the_uninterrupted_losses_exactly(tmp_path, data, optimizer):
     # dropout and accumulation make the check cover RNG state and micro-batch positions too
     cfg = ["model.dropout=0.1", "train.grad_accum=2", f"train.optimizer={optimizer}"]
+    assert_resume_repeats_the_whole_run(cfg, data, tmp_path)
+
+
+def assert_resume_repeats_the_whole_run(cfg: list[str], data, tmp_path) -> None:
+    """A run stopped after step 3 and resumed logs the losses of, and ends with the weights of, one run through."""
     train(tiny_config(*cfg), data, byte_tokenizer(), tmp_path / "whole", progress=False)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(*cfg), data, byte_tokenizer(), tmp_path / "split", progress=False, callbacks=(StopAt(3),))

@@ -90,3 +90,19 @@ def test_sample_compile_flag_prints_the_eager_text(cli, text_file, tmp_path):
 def test_sample_refuses_compile_with_speculative_decoding(cli, tmp_path):
     code, _, err = cli("sample", tmp_path / "any-run", "--speculative", "--compile")
     assert code == 2 and "--speculative and --compile do not combine" in err
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_one_row_linear_computes_what_linear_does(bias):
+    from tinylm.model.decode import OneRowLinear
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(48, 80, bias=bias)
+    if bias:
+        torch.nn.init.normal_(layer.bias)
+    x = torch.randn(1, 1, 48)
+    with OneRowLinear():
+        rows = layer(x)
+        other = torch.tanh(x)  # every other function passes through untouched
+    assert rows.shape == (1, 1, 80) and torch.allclose(rows, layer(x), atol=1e-5, rtol=0)
+    assert torch.equal(other, torch.tanh(x))

@@ -7,6 +7,13 @@ model's full max_seq_len, the new token's position is a (1,) tensor rather than 
 written with index_copy_ and the attention mask `arange(max_seq_len) <= pos` hides the cache's stale or empty
 tail (Attention.forward's tensor-position path). Prefill stays the ordinary eager forward into the same cache.
 
+A batch-1 step multiplies a vector by each weight matrix, and the time goes to reading the weights from memory.
+PyTorch's matrix product (BLAS) reads them at about 10 GB/s on a 2-core CPU. Inside the compiled step every
+linear layer is instead written as a multiply-and-sum over each weight row (OneRowLinear). Inductor turns that
+into its own vectorised reduction kernels, fused with what comes before and after, and these read the weights
+about twice as fast: ~50M went from 20.6 to 8.2 ms per token, ~10M from 8.1 to 2.4 (BENCHMARKS.md). The
+price is a longer first compile.
+
 Dynamo traces the model as an argument, its weights as graph inputs, so the compiled step is cached per model
 shape: another call, or another model with the same config, reuses it without recompiling (weights updated in
 place are seen, as nothing is frozen into the graph).
@@ -15,6 +22,8 @@ place are seen, as nothing is frozen into the graph).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from tinylm.errors import TinyLMError
 from tinylm.model.llama import KVCache, Transformer
@@ -30,11 +39,31 @@ def decode_step(model: Transformer, token: torch.Tensor, pos: torch.Tensor, cach
     return model.lm_head(model.norm(x))[:, -1]
 
 
+class OneRowLinear(TorchFunctionMode):
+    """F.linear(x, w, b) as (x.unsqueeze(-2) * w).sum(-1) + b: the same function, summed in another order. Only
+    for tracing a one-token step: run eagerly, it would build the whole product in memory."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.linear:
+            return func(*args, **kwargs)
+        x, weight = args[0], args[1]
+        bias = args[2] if len(args) > 2 else kwargs.get("bias")
+        y = (x.unsqueeze(-2) * weight).sum(-1)
+        return y if bias is None else y + bias
+
+
+def row_decode_step(model: Transformer, token: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """decode_step with every linear layer as OneRowLinear computes it."""
+    with OneRowLinear():
+        return decode_step(model, token, pos, cache)
+
+
 # fullgraph: a graph break would put the dispatch cost back; dynamic=False: every step has one shape anyway.
 # cpp_wrapper launches the kernels from C++ rather than Python: ~30% off a ~1M model's step, ~5% at ~10M, for a
 # longer first compile. Freezing (weights folded into the graph) was no faster at ~10M and would tie the graph
 # to one model's weights.
-compiled_step = torch.compile(decode_step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
+compiled_step = torch.compile(row_decode_step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
 
 
 class CompiledDecoder:

@@ -8,8 +8,9 @@ wall-clock seconds (--budget seconds), where MTP's extra block and head cost it 
 is scored: validation bits per byte (the first eval.max_tokens of the split), and the induction probe of
 Gloeckle et al.: a made-up name is mentioned, two sentences follow, and it is mentioned again; the probe is the
 accuracy of the greedy prediction of the name's second token at its second mention (its first mention is the
-control: the name is random there). The zero-shot suite is not run here; each run's checkpoint stays in
-DIR/runs for `tinylm eval RUN --tasks ... --limit N`.
+control: the name is random there). With --tasks, each run is also scored zero-shot on those tasks (the first
+--limit items of each, tinylm's own harness: `tinylm eval RUN --tasks ...`), next-token head only; runs already in
+results.json that lack a task's score get it from their kept checkpoint in DIR/runs, without retraining.
 
 Sizes (built-in corpus, BPE 4,096, context 128, batch 8, the quickstart recipe's optimizer):
   1m   4 x 128 (~1.3M parameters)      10m  6 x 320 (~8.7M)      30m  8 x 512 (~27M)
@@ -17,6 +18,7 @@ Sizes (built-in corpus, BPE 4,096, context 128, batch 8, the quickstart recipe's
 Usage:
   python bench/mtp.py --size 1m --budget tokens --amount 150000 --seeds 0 1 2
   python bench/mtp.py --size 10m --budget seconds --amount 900 --seeds 0 1 2      # equal wall-clock, idle machine
+  python bench/mtp.py --size 10m ... --tasks arc_easy,piqa,hellaswag --limit 500   # and zero-shot accuracy
   python bench/mtp.py --speculative DIR/runs/<run> [--tokens 200 --prompts 5 --temperature 0.8]  # drafting
 Results: DIR/results.json (resumable: finished runs are kept) and a markdown table on stdout
 (default DIR: bench/results/mtp/<size>-<budget>).
@@ -33,9 +35,11 @@ from pathlib import Path
 
 import torch
 
-from tinylm.checkpoint import load_checkpoint
+from tinylm.checkpoint import find_checkpoint, load_checkpoint
 from tinylm.config import load_config
 from tinylm.data import TokenData, prepare_cached
+from tinylm.errors import TinyLMError
+from tinylm.eval.harness import run_benchmarks
 from tinylm.model import generate
 from tinylm.model.generate import generate_speculative
 from tinylm.tokenizer import Tokenizer
@@ -95,20 +99,52 @@ def induction_probe(model, tokenizer: Tokenizer, n: int = 300, seed: int = 0) ->
     return {k: v / n for k, v in hits.items()}
 
 
+def zero_shot(run: Path, tasks: list[str], limit: int) -> dict[str, dict]:
+    """Accuracy (and length-normalised accuracy, for choice tasks) of the run's next-token head per task."""
+    report = run_benchmarks(run, tasks, limit=limit, progress=False)
+    return {name: {"items": r["items"], "acc": r["acc"], **({"acc_norm": r["acc_norm"]} if "acc_norm" in r else {})}
+            for name, r in report["tasks"].items()}
+
+
+def add_zero_shot(row: dict, run_dir: Path, tasks: list[str], limit: int) -> bool:
+    """Score the tasks `row` lacks at this limit; False when its checkpoint is gone."""
+    scored = row.setdefault("zero_shot", {})
+    missing = [t for t in tasks if scored.get(t, {}).get("limit") != limit]
+    if not missing:
+        return True
+    try:
+        find_checkpoint(run_dir)
+    except TinyLMError:
+        return False
+    for name, result in zero_shot(run_dir, missing, limit).items():
+        scored[name] = {**result, "limit": limit}
+    return True
+
+
 def run_arms(grid: dict[str, list[str]], seeds: list[int], size: str, budget: str, amount: float, out: Path,
-             cache_dir: str) -> list[dict]:
+             cache_dir: str, tasks: list[str] | None = None, limit: int = 500) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.json"
     rows = json.loads(results_file.read_text()) if results_file.is_file() else []
-    limit = f"train.max_tokens={int(amount)}" if budget == "tokens" else f"train.max_seconds={amount}"
+    stop = f"train.max_tokens={int(amount)}" if budget == "tokens" else f"train.max_seconds={amount}"
+
+    def run_dir_of(name: str, seed: int) -> Path:
+        return out / "runs" / f"{name.replace(' ', '_')}-seed{seed}"
+
+    for row in rows if tasks else []:  # finished runs: score the tasks they lack from their kept checkpoints
+        if row["name"] in grid and row["seed"] in seeds:
+            if add_zero_shot(row, run_dir_of(row["name"], row["seed"]), tasks, limit):
+                results_file.write_text(json.dumps(rows, indent=1) + "\n")
+            else:
+                print(f"{row['name']} seed {row['seed']}: its checkpoint is gone, so no zero-shot score", flush=True)
     for seed in seeds:  # seed-major, so an interrupted sweep has every arm at the first seeds
         for name, overrides in grid.items():
             if any(r["name"] == name and r["seed"] == seed for r in rows):
                 continue
-            cfg = load_config(RECIPE, [*COMMON, *SIZES[size], *overrides, f"train.seed={seed}", limit,
+            cfg = load_config(RECIPE, [*COMMON, *SIZES[size], *overrides, f"train.seed={seed}", stop,
                                        f"data.cache_dir={cache_dir}"])
             data_dir = prepare_cached(cfg.data)
-            run_dir = out / "runs" / f"{name.replace(' ', '_')}-seed{seed}"
+            run_dir = run_dir_of(name, seed)
             result = train(cfg, TokenData.load(data_dir), Tokenizer.load(data_dir), run_dir, overwrite=True,
                            progress=False)
             ckpt = load_checkpoint(run_dir)
@@ -117,6 +153,8 @@ def run_arms(grid: dict[str, list[str]], seeds: list[int], size: str, budget: st
                          "seconds": round(result.seconds, 1), "params": result.params,
                          "val_bpb": result.val_bits_per_byte, "val_loss": result.val_loss,
                          "induction": induction_probe(ckpt.model, ckpt.tokenizer)})
+            if tasks:
+                add_zero_shot(rows[-1], run_dir, tasks, limit)
             results_file.write_text(json.dumps(rows, indent=1) + "\n")
             print(f"{name} seed {seed}: {result.val_bits_per_byte:.4f} bpb, induction "
                   f"{rows[-1]['induction']['second_mention']:.3f}, {result.tokens:,} tokens, {result.seconds:.0f} s",
@@ -129,8 +167,14 @@ def table(rows: list[dict], names: list[str]) -> str:
         return f"{max(values) - min(values):.4f}" if len(values) > 1 else "–"
 
     base = {r["seed"]: r["val_bpb"] for r in rows if r["name"] == "baseline"}
+    # zero-shot columns: the tasks every row of the table has, at one limit
+    shown = [r for r in rows if r["name"] in names]
+    tasks = sorted(set.intersection(*[set(r.get("zero_shot", {})) for r in shown])) if shown else []
+    tasks = [t for t in tasks if len({r["zero_shot"][t]["limit"] for r in shown}) == 1]
     lines = ["| arm | val bpb per seed | mean | spread | Δ vs baseline: mean (per seed) | "
-             "induction 2nd / 1st mention | tokens | s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "induction 2nd / 1st mention | "
+             + "".join(f"{t} acc (first {shown[0]['zero_shot'][t]['limit']}) | " for t in tasks) + "tokens | s |",
+             "|---|---|---:|---:|---:|---:|" + "---:|" * len(tasks) + "---:|---:|"]
     for name in names:
         rs = [r for r in rows if r["name"] == name]
         if not rs:
@@ -142,8 +186,9 @@ def table(rows: list[dict], names: list[str]) -> str:
         ind2 = statistics.mean(r["induction"]["second_mention"] for r in rs)
         ind1 = statistics.mean(r["induction"]["first_mention"] for r in rs)
         tokens, seconds = statistics.mean(r["tokens"] for r in rs), statistics.mean(r["seconds"] for r in rs)
+        accs = "".join(f"{statistics.mean(r['zero_shot'][t]['acc'] for r in rs):.3f} | " for t in tasks)
         lines.append(f"| {name} | {', '.join(f'{b:.4f}' for b in bpb)} | {statistics.mean(bpb):.4f} | "
-                     f"{spread(bpb)} | {delta} | {ind2:.3f} / {ind1:.3f} | {tokens:,.0f} | {seconds:.0f} |")
+                     f"{spread(bpb)} | {delta} | {ind2:.3f} / {ind1:.3f} | {accs}{tokens:,.0f} | {seconds:.0f} |")
     return "\n".join(lines)
 
 
@@ -185,6 +230,8 @@ def main() -> None:
     ap.add_argument("--schedules", nargs="+", default=["constant", "curriculum"])
     ap.add_argument("--cache-dir", default="data_cache", help="data.cache_dir: where the prepared corpus is kept")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--tasks", help="zero-shot tasks to score every run on, comma-separated (see tinylm eval --help)")
+    ap.add_argument("--limit", type=int, default=500, help="--tasks: the first N items of each task")
     ap.add_argument("--speculative", type=Path, metavar="RUN", help="measure speculative decoding on a trained run")
     ap.add_argument("--tokens", type=int, default=200, help="--speculative: new tokens per prompt")
     ap.add_argument("--prompts", type=int, default=5, help="--speculative: prompts from the validation split")
@@ -195,7 +242,8 @@ def main() -> None:
     torch.set_num_threads(1)
     grid = arms(a.variants, a.weights, a.schedules)
     out = a.out or Path("bench/results/mtp") / f"{a.size}-{a.budget}"
-    rows = run_arms(grid, a.seeds, a.size, a.budget, a.amount, out, a.cache_dir)
+    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()] if a.tasks else None
+    rows = run_arms(grid, a.seeds, a.size, a.budget, a.amount, out, a.cache_dir, tasks, a.limit)
     print(table(rows, list(grid)))
 
 

@@ -36,7 +36,7 @@ SPEEDRUN_SETTINGS = [
 
 
 def speedrun_precision() -> str:
-    """bf16 autocast where the CPU multiplies bf16 in hardware (1.2-1.3x the tokens in the same time, and lower
+    """bf16 autocast where the CPU multiplies bf16 in hardware (1.16-1.36x the tokens in the same time, and lower
     validation loss on both texts and both seeds measured: BENCHMARKS.md), fp32 elsewhere."""
     return "bf16" if cpu_has_native_bf16() else "fp32"
 

@@ -99,13 +99,14 @@ def test_sample_help_says_generation_slides_past_the_context(cli):
     assert "max_seq_len // 2" in " ".join(out.split())
 
 
-@pytest.mark.parametrize("flags, native", [("fpu sse avx512f avx512_bf16 avx512vl", True), ("fpu amx_tile amx_bf16", True),
-                                           ("fpu sse avx2 avx512f avx512bw", False)])
+@pytest.mark.parametrize("flags, native", [("fpu sse avx512f avx512_bf16 avx512vl", True),
+                                           ("fpu amx_tile amx_bf16", True), ("fpu sse avx2 avx512f avx512bw", False)])
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
     from tinylm.train.perf import cpu_has_native_bf16
 
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\n"
+                       f"processor\t: 1\nflags\t\t: {flags}\n")
     assert cpu_has_native_bf16(str(cpuinfo)) is native
     assert cpu_has_native_bf16(str(tmp_path / "missing")) is False
 

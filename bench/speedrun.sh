@@ -15,9 +15,7 @@ out=bench/results/speedrun
 mkdir -p "$out"
 texts=("$@")
 if [ ${#texts[@]} -eq 0 ]; then
-  kjv=bench/results/kjv.txt
-  $py -c "from tinylm.data.corpus import builtin_documents; *_, bible = builtin_documents(); open('$kjv', 'w').write(bible)"
-  texts=(../shared/data/tinyshakespeare.txt "$kjv")
+  texts=(../shared/data/tinyshakespeare.txt "$(PYTHONPATH=. $py bench/kjv_text.py)")
 fi
 for text in "${texts[@]}"; do
   name=$(basename "${text%.*}")

@@ -7,8 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench/results/speedrun/precision
 mkdir -p "$out"
-kjv=bench/results/kjv.txt
-[ -f $kjv ] || .venv/bin/python -c "from tinylm.data.corpus import builtin_documents; *_, bible = builtin_documents(); open('$kjv', 'w').write(bible)"
+kjv=$(PYTHONPATH=. .venv/bin/python bench/kjv_text.py)
 for text in ../shared/data/tinyshakespeare.txt $kjv; do
   name=$(basename "${text%.*}")
   for seed in 1337 1338; do

@@ -77,6 +77,23 @@ def test_training_lowers_loss_and_writes_a_run(tmp_path, data):
     assert result.mfu > 0 and result.tokens == 40 * 4 * 32
 
 
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_mfu_is_stated_against_the_matmul_rate_of_the_precision_trained_in(monkeypatch, data, precision, dtype):
+    import tinylm.train.perf as perf
+
+    rates = {torch.float32: 1e11, torch.bfloat16: 4e11}
+    asked = []
+    monkeypatch.setattr(perf, "measured_matmul_flops",
+                        lambda device, dtype=torch.float32: asked.append(dtype) or rates[dtype])
+    perf.peak_flops.cache_clear()
+    try:
+        cfg = tiny_config("train.max_steps=3", "train.peak_tflops=0", f"train.precision={precision}")
+        result = train(cfg, data, byte_tokenizer(), progress=False)
+    finally:
+        perf.peak_flops.cache_clear()
+    assert asked == [dtype] and result.peak_flops == rates[dtype]
+
+
 def test_token_and_time_limits_stop_training(data):
     result = train(tiny_config("train.max_steps=0", "train.max_tokens=640"), data, byte_tokenizer(), progress=False)
     assert result.steps == 5  # 640 tokens / (4 x 32) per step

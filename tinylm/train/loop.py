@@ -434,7 +434,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     bar.close()
     train_seconds = seconds
     checkpoint()
-    peak = tc.peak_tflops * 1e12 if tc.peak_tflops else peak_flops(device)
+    matmul_dtype = torch.bfloat16 if isinstance(autocast, torch.autocast) else torch.float32
+    peak = tc.peak_tflops * 1e12 if tc.peak_tflops else peak_flops(device, matmul_dtype)
     peak *= distributed.world_size()  # distributed: MFU is of all the ranks' devices together
     rate = tokens / train_seconds if train_seconds else 0.0
     mfu = model.flops_per_token(seq_len) * rate / peak

@@ -20,6 +20,7 @@ Usage:
   python bench/mtp.py --size 10m --budget seconds --amount 900 --seeds 0 1 2      # equal wall-clock, idle machine
   python bench/mtp.py --size 10m ... --tasks arc_easy,piqa,hellaswag --limit 500   # and zero-shot accuracy
   python bench/mtp.py --speculative DIR/runs/<run> [--tokens 200 --prompts 5 --temperature 0.8]  # drafting
+  python bench/mtp.py --size 10m --budget tokens --table   # the table of every arm in results.json, no training
 Results: DIR/results.json (resumable: finished runs are kept) and a markdown table on stdout
 (default DIR: bench/results/mtp/<size>-<budget>).
 """
@@ -65,6 +66,14 @@ def arms(variants: list[str], weights: list[float], schedules: list[str]) -> dic
                     f"model.mtp={variant}", "model.mtp_heads=1", f"train.mtp_weight={weight}",
                     f"train.mtp_schedule={schedule}"]
     return grid
+
+
+def arm_order(name: str) -> tuple:
+    """Table order: the baseline, then by variant, schedule and weight ("sequential λ=0.1 constant")."""
+    if name == "baseline":
+        return ()
+    variant, weight, schedule = name.split()
+    return variant != "sequential", schedule != "constant", float(weight.split("=")[1])
 
 
 SYLLABLES = ["ka", "lo", "mi", "ren", "dor", "ta", "vel", "sha", "bri", "zu", "gan", "pol", "ter", "nix", "qua", "fe",
@@ -232,6 +241,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--tasks", help="zero-shot tasks to score every run on, comma-separated (see tinylm eval --help)")
     ap.add_argument("--limit", type=int, default=500, help="--tasks: the first N items of each task")
+    ap.add_argument("--table", action="store_true",
+                    help="print the table of every arm already in DIR/results.json, training nothing")
     ap.add_argument("--speculative", type=Path, metavar="RUN", help="measure speculative decoding on a trained run")
     ap.add_argument("--tokens", type=int, default=200, help="--speculative: new tokens per prompt")
     ap.add_argument("--prompts", type=int, default=5, help="--speculative: prompts from the validation split")
@@ -242,6 +253,12 @@ def main() -> None:
     torch.set_num_threads(1)
     grid = arms(a.variants, a.weights, a.schedules)
     out = a.out or Path("bench/results/mtp") / f"{a.size}-{a.budget}"
+    if a.table:
+        results_file = out / "results.json"
+        if not results_file.is_file():
+            raise SystemExit(f"mtp.py: {results_file} does not exist; run the sweep first")
+        rows = json.loads(results_file.read_text())
+        return print(table(rows, sorted({r["name"] for r in rows}, key=arm_order)))
     tasks = [t.strip() for t in a.tasks.split(",") if t.strip()] if a.tasks else None
     rows = run_arms(grid, a.seeds, a.size, a.budget, a.amount, out, a.cache_dir, tasks, a.limit)
     print(table(rows, list(grid)))

@@ -11,8 +11,7 @@ Training: one step is forward, cross-entropy on the logits, backward and torch.o
 decay 0.1, fused) on every parameter, the same on both sides and the same random batch. MFU = the model's own
 flops_per_token (6 x matmul parameters + the attention scores, PaLM appendix B) x tokens/s / the best fp32
 2048 x 2048 matmul rate measured in the same run (tinylm.train.perf). A third side, "tinylm compiled", is what
-train.compile=true runs: the same weights through torch.compile (Inductor, with its C++ wrapper on CPU:
-tinylm.train.perf.compile_for_training), its first step's compile timed apart.
+train.compile=true runs: the same weights through torch.compile (Inductor), its first step's compile timed apart.
 
 Decode, at batch 1, greedy: the time for 64 new tokens (--smoke: 8) from a 32-token prompt
 (tinylm.model.generate.generate eager and with compile=True, transformers' generate, llama-cpp-python's
@@ -64,7 +63,7 @@ from tinylm.model.generate import generate
 from tinylm.model.llama import KVCache
 from tinylm.tokenizer import Tokenizer, byte_tokenizer, tokenizer_of, train_bpe
 from tinylm.train.loop import deterministic_scatter
-from tinylm.train.perf import compile_for_training, measured_matmul_flops
+from tinylm.train.perf import measured_matmul_flops
 
 THREADS = 2
 MATMUL_N = 2048
@@ -171,11 +170,11 @@ def bench_train(name: str, size: Size, bpe: Tokenizer, work: Path, a: argparse.N
     def hf_loss(x, y):
         return F.cross_entropy(hf(input_ids=x, use_cache=False).logits.flatten(0, 1), y.flatten())
 
-    # train.compile=true's path: the model compiled as the loop compiles it, its backward's scatter-adds deterministic
+    # train.compile=true's path: the model compiled by torch.compile, its backward's scatter-adds deterministic
     # (tinylm.train.loop.deterministic_scatter), from the same weights; its first step compiles, timed apart
     twin = Transformer(size.model)
     twin.load_state_dict(model.state_dict())
-    compiled = compile_for_training(twin, torch.device("cpu"))
+    compiled = torch.compile(twin)
 
     def compiled_loss(x, y):
         with deterministic_scatter(True):

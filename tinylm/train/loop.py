@@ -42,7 +42,7 @@ from tinylm.tokenizer import PATCHES, Tokenizer
 from tinylm.train.loggers import TRACKER_DIRS, open_loggers, trackers
 from tinylm.train.objectives import Batch, Objective, backpropagates, build_objective
 from tinylm.train.optim import build_optimizer, peak_lrs
-from tinylm.train.perf import compile_for_training, peak_flops
+from tinylm.train.perf import peak_flops
 from tinylm.train.plot import plot_metrics
 from tinylm.train.rounds import ROUNDS_DIR, RoundSchedule, score_batches
 from tinylm.train.schedule import DROPOUT_SCHEDULES, dropout_at, lr_at
@@ -316,7 +316,7 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     # Only the training forward (and its backward) is compiled: validation, round scoring and checkpoints use the
     # plain `model`, so eval shapes never recompile the training graph and saved names carry no `_orig_mod.`.
     # Compiling happens in the first step, inside train.max_seconds: that is what a compiled run costs.
-    train_model = compile_for_training(train_model, device) if tc.compile else train_model
+    train_model = torch.compile(train_model) if tc.compile else train_model
     autocast = autocast_for(device, tc.precision)
     params = model.param_counts()
     desc = f"train {params['total'] / 1e6:.1f}M params"

@@ -58,12 +58,3 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
         return False
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def compile_for_training(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """`train.compile=true`'s model: torch.compile (Inductor). On CPU with Inductor's C++ wrapper, which calls the
-    compiled kernels from C++ instead of a Python wrapper, taking per-kernel overhead off every step; at ~1M
-    parameters that is most of what a compiled step costs beyond its arithmetic (BENCHMARKS.md, the training
-    throughput table)."""
-    return torch.compile(model, options={"cpp_wrapper": True} if device.type == "cpu" else None)
-

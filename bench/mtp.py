@@ -250,8 +250,6 @@ def main() -> None:
     a = ap.parse_args()
     if a.speculative:
         return speculative(a.speculative, a.tokens, a.prompts, a.temperature)
-    torch.set_num_threads(1)
-    grid = arms(a.variants, a.weights, a.schedules)
     out = a.out or Path("bench/results/mtp") / f"{a.size}-{a.budget}"
     if a.table:
         results_file = out / "results.json"
@@ -259,6 +257,8 @@ def main() -> None:
             raise SystemExit(f"mtp.py: {results_file} does not exist; run the sweep first")
         rows = json.loads(results_file.read_text())
         return print(table(rows, sorted({r["name"] for r in rows}, key=arm_order)))
+    torch.set_num_threads(1)
+    grid = arms(a.variants, a.weights, a.schedules)
     tasks = [t.strip() for t in a.tasks.split(",") if t.strip()] if a.tasks else None
     rows = run_arms(grid, a.seeds, a.size, a.budget, a.amount, out, a.cache_dir, tasks, a.limit)
     print(table(rows, list(grid)))

@@ -50,7 +50,8 @@ def run(arm: str, overrides: list[str], text: Path, text_name: str, seed: int, s
     if not result.is_file():
         cmd = [sys.executable, "-m", "tinylm", "speedrun", "--text", str(text), "--seconds", str(seconds),
                "--json", str(result), f"train.seed={seed}", *overrides]
-        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        if subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode:  # its own error is on stderr
+            sys.exit(f"speedrun_compare: arm '{arm}' failed on {text_name}, seed {seed}; the runs before it are kept")
     report = json.loads(result.read_text())
     print(f"{arm} {text_name} {seed}: {report['val_nats_per_byte']:.4f} nats/byte, {report['train_tokens']:,} tokens "
           f"({report['tokens_per_s']:,.0f}/s)", flush=True)

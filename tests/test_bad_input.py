@@ -205,6 +205,8 @@ CASES = [
     Case("speedrun: binary text", ["speedrun", "--text", "binary.txt", "--seconds", "1"], r"'binary.txt' is not UTF-8"),
     Case("speedrun: zero seconds", ["speedrun", "--text", "corpus.txt", "--seconds", "0"],
          r"--seconds must be positive"),
+    Case("speedrun: a tokenizer file", ["speedrun", "--text", "corpus.txt", "data.tokenizer=tok.json"],
+         r"the speedrun trains data.tokenizer=byte or data.tokenizer=bpe"),
     Case("an option no command has", ["eval", BASE, "--frobnicate"], r"unrecognized arguments: --frobnicate"),
     Case("an option without its value", ["sample", BASE, "--top-k"], r"argument --top-k: expected one argument"),
 ]

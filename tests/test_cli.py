@@ -85,6 +85,33 @@ def test_speedrun_reports_bits_per_byte(cli, text_file, tmp_path):
     assert report["val_bytes"] == len(text_file.read_bytes()) - int(len(text_file.read_bytes()) * 0.9)
 
 
+def test_speedrun_with_a_bpe_counts_bytes_not_tokens(cli, text_file, tmp_path):
+    code, out, _ = cli("speedrun", "--text", str(text_file), "--seconds", "4", "--json", "sr.json",
+                       "--out", "sr-run", "data.tokenizer=bpe", "data.vocab_size=300",
+                       "model.n_layer=1", "model.d_model=32", "model.n_heads=2", "model.n_kv_heads=2")
+    assert code == 0
+    report = json.loads((tmp_path / "sr.json").read_text())
+    assert report["tokenizer"] == "bpe-300" and report["bytes_per_token"] > 1.1
+    assert report["val_nats_per_byte"] == pytest.approx(report["val_bits_per_byte"] * 0.6931471805599453)
+    assert report["val_bytes"] == len(text_file.read_bytes()) - int(len(text_file.read_bytes()) * 0.9)
+    from tinylm.tokenizer import Tokenizer
+
+    assert Tokenizer.load(tmp_path / "sr-run").vocab_size == 300  # the run keeps the tokenizer it was trained with
+
+
+def test_speedrun_bpe_is_trained_on_the_training_split_only(tmp_path):
+    from tinylm.speedrun import token_splits
+
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat. " * 400 + "zyxwvut qponm " * 60)  # the last ~10% only in validation
+    data, tokenizer = token_splits(text, None, vocab_size=320)
+    train_text, val_text = text.read_text()[:int(len(text.read_text()) * 0.9)], text.read_text()[int(len(text.read_text()) * 0.9):]
+    assert tokenizer.decode(data.train.tolist()) + tokenizer.decode(data.val.tolist()) == text.read_text()
+    assert data.bytes == {"train": len(train_text), "val": len(val_text)}
+    assert "the" in "".join(tokenizer.hf.get_vocab()) and "zyx" not in "".join(tokenizer.hf.get_vocab())
+    assert len(tokenizer.encode(" zyxwvut")) >= 7  # never merged: it only occurs after the cut
+
+
 def test_user_errors_print_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tinylm.cli", "eval", str(tmp_path / "no-such-run")],
                           capture_output=True, text=True)

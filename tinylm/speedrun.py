@@ -9,6 +9,7 @@ The settings are general, not tuned to one file.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tinylm.config import Config, load_config
 from tinylm.data.corpus import iter_documents
 from tinylm.data.tokens import TokenData
 from tinylm.errors import TinyLMError
-from tinylm.tokenizer import byte_tokenizer
+from tinylm.tokenizer import Tokenizer, byte_tokenizer, train_bpe
 from tinylm.train.loop import train
 from tinylm.train.perf import cpu_has_native_bf16
 
@@ -46,15 +47,28 @@ def speedrun_config(seconds: float, overrides: list[str] | None = None) -> Confi
                                   f"train.max_seconds={seconds}", *(overrides or [])])
 
 
-def byte_splits(path: str | Path, train_fraction: float = 0.9) -> TokenData:
+def read_splits(path: str | Path, train_fraction: float = 0.9) -> tuple[str, str]:
+    """The text's first `train_fraction` of UTF-8 bytes and the rest (the cut moved to the next character start)."""
     if not Path(path).is_file():
         raise TinyLMError(f"--text '{path}' is not a file; give one UTF-8 text file")
     raw = "".join(iter_documents(str(path))).encode("utf-8")  # checks for binary and non-UTF-8 input
-    tokens = np.frombuffer(raw, dtype=np.uint8).astype(np.uint16)
-    cut = int(len(tokens) * train_fraction)
-    tokenizer = byte_tokenizer()
-    return TokenData(tokens[:cut], tokens[cut:], {"train": cut, "val": len(tokens) - cut},
-                     tokenizer.vocab_size, tokenizer.eos_id)
+    cut = int(len(raw) * train_fraction)
+    while cut < len(raw) and raw[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte
+        cut += 1
+    return raw[:cut].decode("utf-8"), raw[cut:].decode("utf-8")
+
+
+def token_splits(path: str | Path, tokenizer: Tokenizer | None, train_fraction: float = 0.9,
+                 vocab_size: int = 0) -> tuple[TokenData, Tokenizer]:
+    """Train and validation ids of the text under `tokenizer`, or under a BPE of `vocab_size` trained on the
+    training split only when `tokenizer` is None. Bits per byte count the UTF-8 bytes of each split's text."""
+    train_text, val_text = read_splits(path, train_fraction)
+    if tokenizer is None:
+        tokenizer = train_bpe(iter(train_text.splitlines(keepends=True)), vocab_size)
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    ids = [np.asarray(tokenizer.encode(t), dtype=dtype) for t in (train_text, val_text)]
+    return TokenData(ids[0], ids[1], {"train": len(train_text.encode("utf-8")), "val": len(val_text.encode("utf-8"))},
+                     tokenizer.vocab_size, tokenizer.eos_id), tokenizer
 
 
 def speedrun(text: str | Path, seconds: float, overrides: list[str] | None = None, out: str | Path | None = None,
@@ -63,13 +77,19 @@ def speedrun(text: str | Path, seconds: float, overrides: list[str] | None = Non
     if seconds <= 0:
         raise TinyLMError(f"--seconds must be positive, got {seconds}")
     cfg = speedrun_config(seconds, overrides)
-    data = byte_splits(text)
-    result = train(cfg, data, byte_tokenizer(), out, start_time=start_time, progress=progress)
+    if cfg.data.tokenizer not in ("byte", "bpe"):
+        raise TinyLMError(f"the speedrun trains data.tokenizer=byte or data.tokenizer=bpe (with data.vocab_size, "
+                          f"trained on the training split inside the budget), not '{cfg.data.tokenizer}'")
+    data, tokenizer = token_splits(text, byte_tokenizer() if cfg.data.tokenizer == "byte" else None,
+                                   vocab_size=cfg.data.vocab_size)
+    result = train(cfg, data, tokenizer, out, start_time=start_time, progress=progress)
     report = {
         "text": str(text),
-        "val_nats_per_byte": result.val_loss,  # one token per byte, so nats/token = nats/byte
+        "val_nats_per_byte": result.val_bits_per_byte * math.log(2),
         "val_bits_per_byte": result.val_bits_per_byte,
-        "val_bytes": int(len(data.val)),
+        "val_bytes": data.bytes["val"],
+        "tokenizer": tokenizer.kind if tokenizer.kind == "byte" else f"bpe-{tokenizer.vocab_size}",
+        "bytes_per_token": round(data.bytes["train"] / len(data.train), 3),
         "train_tokens": result.tokens,
         "steps": result.steps,
         "params": result.params["total"],

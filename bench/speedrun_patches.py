@@ -9,7 +9,8 @@ at equal wall-clock shows it pays. Patches (any combination, joined by "+"):
   softcap   logits squashed to 15 * tanh(logits / 15) (modded-nanogpt's cap, scaled down for a 257-token vocabulary)
   zeroinit  the residual writers (attention wo, FFN w2) and the output head start at zero
 
-The wall-clock budget starts before torch is imported, as `tinylm speedrun`'s does.
+The wall-clock budget starts before torch is imported, as `tinylm speedrun`'s does. The runs in BENCHMARKS.md
+were byte-level, the speedrun's default then: add data.tokenizer=byte to repeat them.
 
   PYTHONPATH=. python bench/speedrun_patches.py TEXT PATCHES SEED [--seconds 180] [key=value ...]
 One JSON line on stdout: the patches, seed, validation nats/byte, tokens and tokens/s.

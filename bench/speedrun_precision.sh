@@ -5,6 +5,6 @@
 # the budget is wall-clock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHONPATH=. .venv/bin/python bench/speedrun_compare.py --arm fp32="train.precision=fp32" \
-  --arm bf16="train.precision=bf16" --texts shakespeare kjv --seeds 1337 1338 --seconds 180 \
+PYTHONPATH=. .venv/bin/python bench/speedrun_compare.py --arm fp32="data.tokenizer=byte train.precision=fp32" \
+  --arm bf16="data.tokenizer=byte train.precision=bf16" --texts shakespeare kjv --seeds 1337 1338 --seconds 180 \
   --out bench/results/speedrun/precision

@@ -112,6 +112,20 @@ def test_speedrun_bpe_is_trained_on_the_training_split_only(tmp_path):
     assert len(tokenizer.encode(" zyxwvut")) >= 7  # never merged: it only occurs after the cut
 
 
+def test_speedrun_byte_ids_are_what_the_byte_tokenizer_gives(tmp_path):
+    from tinylm.speedrun import token_splits
+    from tinylm.tokenizer import byte_tokenizer
+
+    text = tmp_path / "t.txt"
+    text.write_text("a" + "—" * 1000)  # 3,001 bytes: 90% (byte 2,700) falls inside a three-byte character
+    data, tokenizer = token_splits(text, byte_tokenizer())
+    raw = text.read_bytes()
+    assert len(data.train) == 2701  # the cut moves to the next character's start
+    assert data.train.tolist() == tokenizer.encode(raw[:2701].decode("utf-8"))
+    assert data.val.tolist() == tokenizer.encode(raw[2701:].decode("utf-8"))
+    assert data.bytes == {"train": 2701, "val": 300}
+
+
 def test_user_errors_print_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tinylm.cli", "eval", str(tmp_path / "no-such-run")],
                           capture_output=True, text=True)

@@ -69,7 +69,10 @@ def token_splits(path: str | Path, tokenizer: Tokenizer | None, train_fraction: 
     if tokenizer is None:
         tokenizer = train_bpe(iter(train_text.splitlines(keepends=True)), vocab_size)
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-    ids = [np.asarray(tokenizer.encode(t), dtype=dtype) for t in (train_text, val_text)]
+    if tokenizer.kind == "byte":  # the ids are the bytes: no pass through the tokenizer (3.5 s on 4 MB)
+        ids = [np.frombuffer(t.encode("utf-8"), dtype=np.uint8).astype(dtype) for t in (train_text, val_text)]
+    else:
+        ids = [np.asarray(tokenizer.encode(t), dtype=dtype) for t in (train_text, val_text)]
     return TokenData(ids[0], ids[1], {"train": len(train_text.encode("utf-8")), "val": len(val_text.encode("utf-8"))},
                      tokenizer.vocab_size, tokenizer.eos_id), tokenizer
 

@@ -87,16 +87,32 @@ def test_speedrun_reports_bits_per_byte(cli, text_file, tmp_path):
 
 def test_speedrun_with_a_bpe_counts_bytes_not_tokens(cli, text_file, tmp_path):
     code, out, _ = cli("speedrun", "--text", str(text_file), "--seconds", "4", "--json", "sr.json",
-                       "--out", "sr-run", "data.tokenizer=bpe", "data.vocab_size=300",
+                       "--out", "sr-run", "data.tokenizer=bpe", "data.vocab_size=300", "train.precision=fp32",
                        "model.n_layer=1", "model.d_model=32", "model.n_heads=2", "model.n_kv_heads=2")
     assert code == 0
     report = json.loads((tmp_path / "sr.json").read_text())
     assert report["tokenizer"] == "bpe-300" and report["bytes_per_token"] > 1.1
     assert report["val_nats_per_byte"] == pytest.approx(report["val_bits_per_byte"] * 0.6931471805599453)
-    assert report["val_bytes"] == len(text_file.read_bytes()) - int(len(text_file.read_bytes()) * 0.9)
-    from tinylm.tokenizer import Tokenizer
+    raw = text_file.read_bytes()
+    assert report["val_bytes"] == len(raw) - int(len(raw) * 0.9)
+    import torch
+    import torch.nn.functional as F
 
-    assert Tokenizer.load(tmp_path / "sr-run").vocab_size == 300  # the run keeps the tokenizer it was trained with
+    from tinylm.checkpoint import load_checkpoint
+
+    # scored again from the saved run (which keeps its tokenizer): the validation text's summed cross-entropy over
+    # non-overlapping windows, divided by the bytes behind the predicted tokens, not by the tokens
+    run = load_checkpoint(tmp_path / "sr-run")
+    assert run.tokenizer.vocab_size == 300
+    ids = torch.tensor(run.tokenizer.encode(raw[int(len(raw) * 0.9):].decode("utf-8")))
+    context, nats = run.cfg.model.max_seq_len, 0.0
+    with torch.no_grad():
+        for start in range(0, len(ids) - 1, context):
+            window = ids[start:start + context + 1]
+            nats += F.cross_entropy(run.model(window[None, :-1])[0], window[1:], reduction="sum").item()
+    per_byte = nats / (report["val_bytes"] * (len(ids) - 1) / len(ids))
+    assert report["val_nats_per_byte"] == pytest.approx(per_byte, rel=1e-4)
+    assert per_byte < 0.9 * nats / (len(ids) - 1)  # several bytes per token: nats per byte is well below per token
 
 
 def test_speedrun_bpe_is_trained_on_the_training_split_only(tmp_path):

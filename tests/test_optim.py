@@ -30,6 +30,24 @@ def test_muon_covers_block_matrices_and_adamw_the_rest():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
 
 
+def test_muon_matrices_decay_only_when_asked():
+    model = Transformer(ModelConfig(vocab_size=50, n_layer=1, d_model=32, n_heads=2, n_kv_heads=1, max_seq_len=16))
+    for overrides, expected in ([], 0.0), (["train.muon_weight_decay=0.3"], 0.3):
+        cfg = load_config(overrides=["train.optimizer=muon", "train.weight_decay=0.1", *overrides])
+        groups = build_optimizer(model, cfg, torch.device("cpu")).param_groups
+        assert [g["weight_decay"] for g in groups if g["use_muon"]] == [expected]
+        assert [g["weight_decay"] for g in groups if not g["use_muon"]] == [0.1, 0.0]  # AdamW's edges, gains
+    # one step from the same weights and gradient: the decayed result is the plain one minus lr * wd * w
+    w = torch.randn(8, 8)
+    steps = []
+    for wd in (0.0, 0.5):
+        p = torch.nn.Parameter(w.clone())
+        p.grad = torch.ones(8, 8)
+        MuonAdamW([{"params": [p], "use_muon": True, "lr": 0.02, "weight_decay": wd}]).step()
+        steps.append(p.detach())
+    assert torch.allclose(steps[1], steps[0] - 0.02 * 0.5 * w, atol=1e-6)
+
+
 def test_muon_trains_a_model_down():
     model = Transformer(ModelConfig(vocab_size=50, n_layer=2, d_model=32, n_heads=2, n_kv_heads=1, max_seq_len=16))
     opt = build_optimizer(model, load_config(overrides=["train.optimizer=muon", "train.lr=1e-2"]), torch.device("cpu"))

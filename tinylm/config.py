@@ -90,6 +90,8 @@ class TrainConfig:
     lr_batch_tokens: int = 4096  # the batch (sequences x accumulation x context) lr and muon_lr were tuned at
     muon_lr: float = 0.02
     muon_momentum: float = 0.95
+    # decoupled decay of Muon's matrices (each step w *= 1 - muon_lr * muon_weight_decay); 0: none
+    muon_weight_decay: float = 0.0
     min_lr_ratio: float = 0.0  # final lr as a fraction of lr
     schedule: str = "wsd"  # cosine | wsd (warmup-stable-decay) | constant
     warmup_steps: int = 50
@@ -315,6 +317,7 @@ RANGES: dict[str, Range] = {
     "train.lr": POSITIVE,
     "train.muon_lr": POSITIVE,
     "train.muon_momentum": BELOW_1,
+    "train.muon_weight_decay": AT_LEAST_0,
     "train.min_lr_ratio": FRACTION,
     "train.warmup_steps": AT_LEAST_0,
     "train.decay_fraction": FRACTION,

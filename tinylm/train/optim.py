@@ -126,8 +126,10 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -
     if tc.optimizer == "muon":
         hidden = [p for name, p in model.named_parameters() if p.dim() >= 2 and name.startswith("layers.")]
         edges = [p for name, p in model.named_parameters() if p.dim() >= 2 and not name.startswith("layers.")]
-        # no decay on Muon's matrices: its updates have a fixed size, so weights grow only slowly
-        groups = [{"params": hidden, "use_muon": True, "lr": muon_lr, "base_lr": muon_lr},
+        # Muon's matrices decay only when asked (train.muon_weight_decay): its updates have a fixed size, so
+        # weights grow only slowly
+        groups = [{"params": hidden, "use_muon": True, "lr": muon_lr, "base_lr": muon_lr,
+                   "weight_decay": tc.muon_weight_decay},
                   {"params": edges, "lr": lr, "base_lr": lr, "weight_decay": tc.weight_decay},
                   {"params": gains, "lr": lr, "base_lr": lr, "weight_decay": 0.0}]
         return MuonAdamW(groups, betas=(tc.beta1, tc.beta2), momentum=tc.muon_momentum)

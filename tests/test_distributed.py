@@ -181,6 +181,13 @@ def test_fsdp_refuses_multi_token_prediction(monkeypatch):
         distributed.Parallel.for_run(TrainConfig(parallel="fsdp"), "parallel")
 
 
+def test_fsdp_refuses_weight_averaging(monkeypatch):
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    distributed.Parallel.for_run(TrainConfig(parallel="ddp", average_from=0.75))
+    with pytest.raises(TinyLMError, match="train.average_from=0.75 .* use train.parallel=ddp"):
+        distributed.Parallel.for_run(TrainConfig(parallel="fsdp", average_from=0.75))
+
+
 def test_nproc_must_be_at_least_one(cli, tmp_path):
     code, _, err = cli("train", "--nproc", "0", "--out", tmp_path / "run")
     assert code == 2 and "--nproc 0: give the number of processes" in err

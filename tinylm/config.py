@@ -92,6 +92,8 @@ class TrainConfig:
     muon_momentum: float = 0.95
     # decoupled decay of Muon's matrices (each step w *= 1 - muon_lr * muon_weight_decay); 0: none
     muon_weight_decay: float = 0.0
+    # >0: the final weights are the mean of those after every step from this share of training on (SWA)
+    average_from: float = 0.0
     min_lr_ratio: float = 0.0  # final lr as a fraction of lr
     schedule: str = "wsd"  # cosine | wsd (warmup-stable-decay) | constant
     warmup_steps: int = 50
@@ -318,6 +320,7 @@ RANGES: dict[str, Range] = {
     "train.muon_lr": POSITIVE,
     "train.muon_momentum": BELOW_1,
     "train.muon_weight_decay": AT_LEAST_0,
+    "train.average_from": FRACTION,
     "train.min_lr_ratio": FRACTION,
     "train.warmup_steps": AT_LEAST_0,
     "train.decay_fraction": FRACTION,

@@ -230,6 +230,9 @@ class Parallel:
         if tc.parallel == "fsdp" and tc.optimizer != "adamw":
             raise TinyLMError(f"train.optimizer={tc.optimizer} orthogonalizes whole matrices, which FSDP splits "
                               "across ranks; use train.parallel=ddp with it")
+        if tc.parallel == "fsdp" and tc.average_from:
+            raise TinyLMError(f"train.average_from={tc.average_from} keeps a mean of the whole weights, which FSDP "
+                              "splits across ranks; use train.parallel=ddp with it")
         if tc.parallel == "fsdp" and mtp != "none":
             raise TinyLMError(f"model.mtp={mtp} calls the model's layers one by one, outside the forward that "
                               "FSDP gathers their shards in; use train.parallel=ddp with it")

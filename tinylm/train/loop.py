@@ -39,6 +39,7 @@ from tinylm.faults import Stopped, kill_point, signals_deferred, stop_requested
 from tinylm.model import Transformer, build_model, sum_nats
 from tinylm.progress import progress_bar
 from tinylm.tokenizer import PATCHES, Tokenizer
+from tinylm.train.average import WeightAverage
 from tinylm.train.loggers import TRACKER_DIRS, open_loggers, trackers
 from tinylm.train.objectives import Batch, Objective, backpropagates, build_objective
 from tinylm.train.optim import build_optimizer, peak_lrs
@@ -255,6 +256,7 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
     # distributed: FSDP shards the model in place, before the optimizer sees its parameters
     train_model = parallel.wrap(model, device, bf16=isinstance(autocast_for(device, tc.precision), torch.autocast))
     optimizer = build_optimizer(model, cfg, device)
+    average = WeightAverage(model, tc.average_from) if tc.average_from else None
     if objective is None:
         objective = build_objective(cfg, tokenizer, device)  # before the run directory is touched: it may fail
     self_backward = backpropagates(objective)  # e.g. multi-token heads in their memory-saving order
@@ -273,6 +275,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
         parallel.load_state(model, ckpt.model.state_dict(), optimizer, ckpt.state["optimizer"])
         step, tokens, seconds = ckpt.state["step"], ckpt.state["tokens"], ckpt.state["seconds"]
         skipped = ckpt.state.get("skipped", 0)  # absent from checkpoints written before steps could be skipped
+        if average is not None and "average" in ckpt.state:
+            average.load_state_dict(ckpt.state["average"])
         saved_step = step
         set_rng_state(ckpt.state["rng"], device)
     elif init_from is not None:
@@ -300,6 +304,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
             if (gathered := parallel.checkpoint_state(model, optimizer)) is not None:
                 state = {"optimizer": gathered[1], "step": step, "tokens": tokens,
                          "seconds": seconds, "rng": rng_state(device), "skipped": skipped}
+                if average is not None:
+                    state["average"] = average.state_dict()
                 save_checkpoint(run_dir, gathered[0], cfg, tokenizer, state)
             saved_step = step
 
@@ -335,6 +341,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
         # the clock read that decides to stop is the one reported, so a time-limited run reports >= its limit
         while (p := progress_of(cfg, step, tokens,
                                 seconds := distributed.same_on_all_ranks(time.perf_counter() - clock))) < 1.0:
+            if average is not None:  # the weights as the last step left them, at the progress it reached
+                average.update(p)
             if rounds.needs_selection(step):  # a new round: score the first round's batches, draw this round's
                 checkpoint()  # the round's end, so a crash while scoring resumes the scoring, not the round
                 rounds.select(step, lambda scores_file: score_batches(
@@ -433,6 +441,9 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
         raise
     bar.close()
     train_seconds = seconds
+    if average is not None:  # the last step's weights, then their mean replaces them for what follows
+        average.update(p)
+        average.apply()
     checkpoint()
     matmul_dtype = torch.bfloat16 if isinstance(autocast, torch.autocast) else torch.float32
     peak = tc.peak_tflops * 1e12 if tc.peak_tflops else peak_flops(device, matmul_dtype)

@@ -4,6 +4,7 @@
 # per byte of the whole validation split. Results: bench/results/speedrun/muon-decay/. Run it alone (wall-clock).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHONPATH=. .venv/bin/python bench/speedrun_compare.py --arm base="train.muon_weight_decay=0" \
-  --arm muonwd0.5="train.muon_weight_decay=0.5" --texts shakespeare kjv --seeds 1339 1340 --seconds 180 \
+PYTHONPATH=. .venv/bin/python bench/speedrun_compare.py --arm base="train.muon_weight_decay=0 train.average_from=0" \
+  --arm muonwd0.5="train.muon_weight_decay=0.5 train.average_from=0" --texts shakespeare kjv --seeds 1339 1340 \
+  --seconds 180 \
   --out bench/results/speedrun/muon-decay

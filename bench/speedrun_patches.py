@@ -10,8 +10,8 @@ at equal wall-clock shows it pays. Patches (any combination, joined by "+"):
   zeroinit  the residual writers (attention wo, FFN w2) and the output head start at zero
 
 The wall-clock budget starts before torch is imported, as `tinylm speedrun`'s does. The runs in BENCHMARKS.md
-were byte-level without decay on Muon's matrices, the speedrun's defaults then: add data.tokenizer=byte
-train.muon_weight_decay=0 to repeat them.
+were byte-level without decay on Muon's matrices or weight averaging, the speedrun's defaults then: add
+data.tokenizer=byte train.muon_weight_decay=0 train.average_from=0 to repeat them.
 
   PYTHONPATH=. python bench/speedrun_patches.py TEXT PATCHES SEED [--seconds 180] [key=value ...]
 One JSON line on stdout: the patches, seed, validation nats/byte, tokens and tokens/s.

@@ -3,14 +3,17 @@
 import pytest
 import torch
 
+from tinylm import faults
 from tinylm.checkpoint import load_checkpoint
 from tinylm.errors import TinyLMError
+from tinylm.faults import Stopped
 from tinylm.tokenizer import byte_tokenizer
 from tinylm.train import train
 from tinylm.train.average import WeightAverage
 
 from test_dropout import tiny_config
 from test_train import StopAt, data  # noqa: F401  Ctrl-C at a step; the same tiny byte-level corpus (a fixture)
+from test_train import tiny_config as rounds_base
 
 
 class Weights:
@@ -49,6 +52,21 @@ def test_a_run_stopped_inside_the_average_resumes_to_the_uninterrupted_weights(t
     weights = [list(load_checkpoint(tmp_path / run).model.parameters()) for run in ("whole", "split")]
     assert all(torch.equal(a, b) for a, b in zip(*weights))
     assert split.val_bits_per_byte == whole.val_bits_per_byte
+
+
+def test_a_run_stopped_while_scoring_for_its_next_round_resumes_to_the_uninterrupted_weights(tmp_path, data,
+                                                                                              monkeypatch):
+    # the round's checkpoints come before its first step's weights join the mean, so a resumed run adds them once
+    cfg = ("train.max_steps=12", "train.rounds=2", "train.refine_ratio=0.5", "train.average_from=0.5")
+    train(rounds_base(*cfg), data, byte_tokenizer(), tmp_path / "whole", progress=False)
+    monkeypatch.setenv(faults.KILL_AT, "scoring-batch:3")
+    monkeypatch.setenv(faults.KILL_SIGNAL, "TERM")
+    with pytest.raises(Stopped):
+        train(rounds_base(*cfg), data, byte_tokenizer(), tmp_path / "split", progress=False)
+    monkeypatch.delenv(faults.KILL_AT)
+    train(rounds_base(*cfg), data, byte_tokenizer(), tmp_path / "split", resume=True, progress=False)
+    weights = [list(load_checkpoint(tmp_path / run).model.parameters()) for run in ("whole", "split")]
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
 
 
 def test_the_running_mean_is_exact():

@@ -14,7 +14,7 @@ import torch
 
 class WeightAverage:
     def __init__(self, model: torch.nn.Module, start: float):
-        self.params = [p for p in model.parameters()]
+        self.params = list(model.parameters())
         self.start = start
         self.mean: list[torch.Tensor] | None = None
         self.count = 0

@@ -341,14 +341,16 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
         # the clock read that decides to stop is the one reported, so a time-limited run reports >= its limit
         while (p := progress_of(cfg, step, tokens,
                                 seconds := distributed.same_on_all_ranks(time.perf_counter() - clock))) < 1.0:
-            if average is not None:  # the weights as the last step left them, at the progress it reached
-                average.update(p)
             if rounds.needs_selection(step):  # a new round: score the first round's batches, draw this round's
                 checkpoint()  # the round's end, so a crash while scoring resumes the scoring, not the round
                 rounds.select(step, lambda scores_file: score_batches(
                     model, lambda i: micro_batches(i, to_device=False), rounds.first_round_steps, scores_file,
                     autocast, progress))
                 window_tokens, window_start = 0, time.perf_counter()  # scoring time is not training throughput
+            # the weights as the last step left them, at the progress it reached; after every checkpoint of that
+            # step, so a run resumed from one folds them in once
+            if average is not None:
+                average.update(p)
             round_step, round_progress = rounds.position(step, p)
             factor = lr_at(round_step, round_progress, lr=1.0, schedule=tc.schedule, warmup_steps=tc.warmup_steps,
                            min_lr_ratio=tc.min_lr_ratio, decay_fraction=tc.decay_fraction)

@@ -34,7 +34,7 @@ SPEEDRUN_SETTINGS = [
     "train.batch_size=32", "train.optimizer=muon", "train.muon_lr=0.02", "train.lr=3e-3",
     "train.muon_weight_decay=0.5",  # -0.031 nats/byte on Shakespeare, -0.005 on KJV (BENCHMARKS.md)
     "train.schedule=wsd", "train.decay_fraction=0.5",
-    "train.average_from=0.75",  # mean of the last quarter's weights: -0.010 nats/byte on Shakespeare, 0 on KJV (BENCHMARKS.md)
+    "train.average_from=0.75",  # mean of the last quarter's weights: -0.010 on Shakespeare, 0 on KJV (BENCHMARKS.md)
     "train.warmup_steps=20", "train.weight_decay=0.1", "train.beta2=0.95",
     "train.max_steps=0", "train.eval_every=0", "train.ckpt_every=0", "train.log_every=25",
     "train.device=cpu", "train.eval_tokens=0",

@@ -5,13 +5,13 @@
 # from the built-in corpus (4.3 MB), for each seed in SEEDS (default: 1337 1338). With BEFORE=DIR (another
 # checkout of tinylm, e.g. an older commit as a git worktree) the same speedrun also runs there, seed for
 # seed, interleaved, as the "before" of a change (this checkout's .venv, that checkout's code).
-# Results: bench/results/speedrun/*.json. Nothing else should run meanwhile: the budget is wall-clock.
-# Usage: [SEEDS="1 2"] [BEFORE=DIR] bash bench/speedrun.sh [TEXT ...]
+# Results: bench/results/speedrun/*.json (OUT=DIR elsewhere). Nothing else should run meanwhile: the budget is wall-clock.
+# Usage: [SEEDS="1 2"] [BEFORE=DIR] [OUT=DIR] bash bench/speedrun.sh [TEXT ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
 root=$(pwd)
-out=bench/results/speedrun
+out=${OUT:-bench/results/speedrun}
 mkdir -p "$out"
 texts=("$@")
 if [ ${#texts[@]} -eq 0 ]; then

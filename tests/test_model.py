@@ -5,6 +5,7 @@ import torch
 
 from tinylm.config import ModelConfig
 from tinylm.model import KVCache, Transformer, filter_logits, generate, resolved_ffn_hidden
+from tinylm.model.llama import MATMUL_ATTENTION_MAX_LEN, causal_attention
 
 
 def closed_form_params(cfg: ModelConfig) -> tuple[int, int]:
@@ -119,3 +120,55 @@ def test_bad_shapes_are_rejected(small_cfg):
         Transformer(dataclasses.replace(small_cfg, n_kv_heads=3))
     with pytest.raises(ValueError, match="max_seq_len"):
         Transformer(small_cfg)(torch.zeros(1, 33, dtype=torch.long))
+
+
+def attention_inputs(heads: int, kv_heads: int, T: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, heads, T, 16), (3, kv_heads, T, 16), (3, kv_heads, T, 16)]
+    return [torch.randn(s, generator=g).to(dtype).requires_grad_() for s in shapes]
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2)])
+def test_bf16_matmul_attention_is_as_close_to_fp32_as_sdpa_in_bf16(heads, kv_heads):
+    """The two-matmul path (CPU, bf16, short causal sequences) against SDPA in fp32 on the same bf16 inputs: its
+    output and input gradients are within the error SDPA's own bf16 kernel makes."""
+    gqa = heads != kv_heads
+    grad = torch.randn(3, heads, 40, 16, generator=torch.Generator().manual_seed(1))
+
+    def run(fn, dtype):
+        q, k, v = attention_inputs(heads, kv_heads, 40, torch.bfloat16)
+        q, k, v = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+        y = fn(q, k, v)
+        y.backward(grad.to(dtype))
+        return [t.float() for t in (y, q.grad, k.grad, v.grad)]
+
+    sdpa = lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    reference = run(sdpa, torch.float32)
+    matmuls = run(lambda q, k, v: causal_attention(q, k, v, 0.0, gqa), torch.bfloat16)
+    kernel = run(sdpa, torch.bfloat16)
+    for ours, theirs, exact in zip(matmuls, kernel, reference):
+        assert (ours - exact).abs().max() <= 2 * (theirs - exact).abs().max() + 1e-2
+
+
+def test_matmul_attention_only_replaces_sdpa_for_short_reduced_precision_cpu_sequences(monkeypatch):
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(1) or sdpa(*a, **kw))
+    for dtype, T, dropout, uses_sdpa in [(torch.bfloat16, 40, 0.0, False), (torch.float16, 40, 0.0, False),
+                                         (torch.float32, 40, 0.0, True), (torch.bfloat16, 40, 0.1, True),
+                                         (torch.bfloat16, MATMUL_ATTENTION_MAX_LEN + 2, 0.0, True)]:
+        calls.clear()
+        causal_attention(*attention_inputs(2, 2, T, dtype), dropout, False)
+        assert bool(calls) == uses_sdpa, (dtype, T, dropout)
+
+
+def test_bf16_autocast_logits_follow_fp32(small_cfg):
+    model = Transformer(small_cfg).eval()
+    x = torch.randint(0, small_cfg.vocab_size, (2, 24))
+    with torch.no_grad():
+        exact = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            approx = model(x).float()
+    assert (approx - exact).abs().max() < 0.05 * exact.abs().max()
+    assert (approx.argmax(-1) == exact.argmax(-1)).float().mean() > 0.9

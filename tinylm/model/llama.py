@@ -136,6 +136,29 @@ class KVCache:
         self.max_len = max_len
 
 
+# The longest causal sequence that causal_attention runs as two matmuls; past it, SDPA's flash kernel is as fast or faster.
+MATMUL_ATTENTION_MAX_LEN = 256
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
+                     enable_gqa: bool) -> torch.Tensor:
+    """Causal self-attention of (B, H, T, hd) queries over their own keys. On CPU in bf16 or fp16 (autocast) with
+    T <= MATMUL_ATTENTION_MAX_LEN and no dropout, two batched matmuls around an fp32 softmax: SDPA's CPU flash
+    kernel takes 1.3-2.4x as long there, forward and backward (BENCHMARKS.md, "Attention as two matmuls").
+    Everywhere else, SDPA."""
+    T = q.size(2)
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or T > MATMUL_ATTENTION_MAX_LEN \
+            or dropout_p:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, enable_gqa=enable_gqa)
+    if enable_gqa:  # each key/value head serves n_heads / n_kv_heads query heads, as SDPA's enable_gqa does
+        k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
+        v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
+    scores = (q @ k.transpose(-1, -2)).float() * q.size(-1) ** -0.5
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+    return probs.to(q.dtype) @ v
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -170,10 +193,12 @@ class Attention(nn.Module):
                 causal = False  # is_causal aligns the mask top-left, wrong for queries that follow cached keys
                 if T > 1:  # queries at start..start+T-1 see every key up to their own position; one query sees all
                     mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_heads != self.n_heads)
+        dropout_p, gqa = self.dropout if self.training else 0.0, self.n_kv_heads != self.n_heads
+        if causal and mask is None:
+            y = causal_attention(q, k, v, dropout_p, gqa)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout_p,
+                                               enable_gqa=gqa)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 

@@ -143,16 +143,20 @@ MATMUL_ATTENTION_MAX_LEN = 256
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
                      enable_gqa: bool) -> torch.Tensor:
     """Causal self-attention of (B, H, T, hd) queries over their own keys. On CPU in bf16 or fp16 (autocast) with
-    T <= MATMUL_ATTENTION_MAX_LEN and no dropout, two batched matmuls around an fp32 softmax: SDPA's CPU flash
-    kernel takes 1.3-2.4x as long there, forward and backward (BENCHMARKS.md, "Attention as two matmuls").
-    Everywhere else, SDPA."""
-    T = q.size(2)
-    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or T > MATMUL_ATTENTION_MAX_LEN \
-            or dropout_p:
+    T <= MATMUL_ATTENTION_MAX_LEN and no dropout, `matmul_attention`: SDPA's CPU flash kernel takes 1.3-2.4x as
+    long there, forward and backward (BENCHMARKS.md, "Attention as two matmuls"). Everywhere else, SDPA."""
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) \
+            or q.size(2) > MATMUL_ATTENTION_MAX_LEN or dropout_p:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, enable_gqa=enable_gqa)
     if enable_gqa:  # each key/value head serves n_heads / n_kv_heads query heads, as SDPA's enable_gqa does
         k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
         v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
+    return matmul_attention(q, k, v)
+
+
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention as two batched matmuls in the inputs' dtype around a softmax in fp32."""
+    T = q.size(2)
     scores = (q @ k.transpose(-1, -2)).float() * q.size(-1) ** -0.5
     future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
     probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)

@@ -136,15 +136,15 @@ class KVCache:
         self.max_len = max_len
 
 
-# The longest causal sequence that causal_attention runs as two matmuls; past it, SDPA's flash kernel is as fast or faster.
+# The longest causal sequence causal_attention runs as two matmuls; past it SDPA's flash kernel is as fast or faster
 MATMUL_ATTENTION_MAX_LEN = 256
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
                      enable_gqa: bool) -> torch.Tensor:
     """Causal self-attention of (B, H, T, hd) queries over their own keys. On CPU in bf16 or fp16 (autocast) with
-    T <= MATMUL_ATTENTION_MAX_LEN and no dropout, `matmul_attention`: SDPA's CPU flash kernel takes 1.3-2.4x as
-    long there, forward and backward (BENCHMARKS.md, "Attention as two matmuls"). Everywhere else, SDPA."""
+    T <= MATMUL_ATTENTION_MAX_LEN and no dropout, `matmul_attention`: SDPA's CPU flash kernel takes 1.2-2.3x as
+    long there, forward and backward (BENCHMARKS.md, "Attention as two matmuls in bf16"). Everywhere else, SDPA."""
     if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) \
             or q.size(2) > MATMUL_ATTENTION_MAX_LEN or dropout_p:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, enable_gqa=enable_gqa)

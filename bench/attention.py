@@ -15,6 +15,7 @@ Run it alone: a second torch process on a 2-core machine slows both.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -56,6 +57,17 @@ def kernel_part() -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def attention_path(side: str):
+    """Inside, the model's attention takes SDPA (side "sdpa") or the two matmuls (side "matmuls")."""
+    saved = llama.MATMUL_ATTENTION_MAX_LEN
+    llama.MATMUL_ATTENTION_MAX_LEN = 0 if side == "sdpa" else saved
+    try:
+        yield
+    finally:
+        llama.MATMUL_ATTENTION_MAX_LEN = saved
+
+
 def speedrun_step():
     """One training step of the speedrun's model on a fixed random batch, as a function."""
     from tinylm.model import build_model
@@ -84,14 +96,14 @@ def profile_part(steps: int = 5) -> dict:
     from torch.profiler import profile
 
     step, cfg = speedrun_step()
-    saved, tables = llama.MATMUL_ATTENTION_MAX_LEN, {}
-    for side, max_len in (("sdpa", 0), ("matmuls", saved)):
-        llama.MATMUL_ATTENTION_MAX_LEN = max_len
-        for _ in range(3):
-            step()
-        with profile() as prof:
-            for _ in range(steps):
+    tables = {}
+    for side in ("sdpa", "matmuls"):
+        with attention_path(side):
+            for _ in range(3):
                 step()
+            with profile() as prof:
+                for _ in range(steps):
+                    step()
         events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
         total = sum(e.self_cpu_time_total for e in events)
         tables[side] = [{"op": e.key, "calls": e.count // steps, "ms_per_step": e.self_cpu_time_total / 1000 / steps,
@@ -99,25 +111,22 @@ def profile_part(steps: int = 5) -> dict:
         print(f"{side} ({cfg.train.precision}), one step: {total / 1000 / steps:.1f} ms of self CPU time")
         for row in tables[side]:
             print(f"  {row['op'][:60]:60s} {row['ms_per_step']:7.1f} ms {100 * row['share']:5.1f}%  x{row['calls']}")
-    llama.MATMUL_ATTENTION_MAX_LEN = saved
     return tables
 
 
 def step_part(bursts: int = 8, steps: int = 5) -> dict:
     step, cfg = speedrun_step()
-    saved = llama.MATMUL_ATTENTION_MAX_LEN
     times = {"sdpa": [], "matmuls": []}
     for _ in range(2):
         step()
     for _ in range(bursts):
-        for side, max_len in (("sdpa", 0), ("matmuls", saved)):
-            llama.MATMUL_ATTENTION_MAX_LEN = max_len
-            step()
-            start = time.perf_counter()
-            for _ in range(steps):
+        for side in times:
+            with attention_path(side):
                 step()
-            times[side].append((time.perf_counter() - start) / steps)
-    llama.MATMUL_ATTENTION_MAX_LEN = saved
+                start = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                times[side].append((time.perf_counter() - start) / steps)
     tokens = cfg.train.batch_size * cfg.model.max_seq_len
     result = {"precision": cfg.train.precision, "bursts": bursts, "steps_per_burst": steps,
               **{f"{side}_ms": 1000 * statistics.median(t) for side, t in times.items()},

@@ -7,8 +7,12 @@ two matmuls are timed too, though tinylm uses them in bf16 and fp16 only).
 matmuls: the profile that found this change.
 --part step: one whole training step of the speedrun's model (bf16 autocast where the CPU has it, Muon + AdamW,
 batch 32 x 128), SDPA and the two matmuls alternating burst by burst in this process, medians of the bursts.
+--part compiled: a lever tried for fp32 training and not kept. The throughput bench's ~1M and ~10M training steps
+(fp32, fused AdamW) compiled as train.compile=true compiles them, with SDPA (what tinylm runs in fp32) against the
+two matmuls forced in fp32, and at ~1M also the two matmuls with Inductor's C++ wrapper; sides alternating burst
+by burst in this process, medians of the bursts.
 
-Usage: PYTHONPATH=. python bench/attention.py [--part kernel|profile|step|all] [--threads 2] [--json OUT]
+Usage: PYTHONPATH=. python bench/attention.py [--part kernel|profile|step|compiled|all] [--threads 2] [--json OUT]
 Run it alone: a second torch process on a 2-core machine slows both.
 """
 
@@ -137,9 +141,71 @@ def step_part(bursts: int = 8, steps: int = 5) -> dict:
     return result
 
 
+def compiled_part(bursts: int = 8) -> list[dict]:
+    from tinylm.config import ModelConfig
+    from tinylm.model import Transformer
+    from tinylm.train.loop import deterministic_scatter
+
+    def forced_matmuls(q, k, v, dropout_p, enable_gqa):
+        return llama.matmul_attention(q, k, v)  # the throughput shapes have no GQA below ~50M
+
+    rows = []
+    for name, (vocab, n_layer, d_model, n_heads, batch, seq, steps) in {
+            "1m": (257, 4, 128, 2, 12, 64, 20), "10m": (8192, 8, 320, 5, 8, 256, 3)}.items():
+        cfg = ModelConfig(vocab_size=vocab, n_layer=n_layer, d_model=d_model, n_heads=n_heads, n_kv_heads=n_heads,
+                          max_seq_len=256, tie_embeddings=True)
+        torch.manual_seed(0)
+        weights = Transformer(cfg).state_dict()
+        data = torch.randint(0, vocab, (batch, seq + 1))
+        x, y = data[:, :-1], data[:, 1:]
+        sides = {"sdpa": (llama.causal_attention, {}), "matmuls": (forced_matmuls, {})}
+        if name == "1m":
+            sides["matmuls + C++ wrapper"] = (forced_matmuls, {"cpp_wrapper": True})
+        runs = {}
+        for side, (attention, options) in sides.items():
+            model = Transformer(cfg)
+            model.load_state_dict(weights)
+            runs[side] = (attention, torch.compile(model, options=options),
+                          torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=True))
+
+        def step(side):
+            attention, compiled, optimizer = runs[side]
+            saved, llama.causal_attention = llama.causal_attention, attention
+            try:
+                with deterministic_scatter(True):
+                    compiled(x, y).backward()
+            finally:
+                llama.causal_attention = saved
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        compile_s = {}
+        for side in runs:
+            start = time.perf_counter()
+            step(side)
+            compile_s[side] = time.perf_counter() - start
+            step(side)
+        rates = {side: [] for side in runs}
+        for _ in range(bursts):
+            for side in runs:
+                start = time.perf_counter()
+                for _ in range(steps):
+                    step(side)
+                rates[side].append(x.numel() * steps / (time.perf_counter() - start))
+        row = {"size": name, "batch": [batch, seq], "bursts": rates, "first_step_s": compile_s,
+               **{f"{side}_tokens_per_s": statistics.median(r) for side, r in rates.items()}}
+        rows.append(row)
+        cells = ", ".join(f"{side} {row[f'{side}_tokens_per_s']:,.0f}" for side in runs)
+        ratios = ", ".join(f"{side} {row[f'{side}_tokens_per_s'] / row['sdpa_tokens_per_s']:.3f}x"
+                           for side in runs if side != "sdpa")
+        print(f"~{name.upper()} compiled fp32 training, tokens/s (median of {bursts} bursts): {cells}; "
+              f"against SDPA: {ratios}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("kernel", "profile", "step", "all"), default="all")
+    parser.add_argument("--part", choices=("kernel", "profile", "step", "compiled", "all"), default="all")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
@@ -151,6 +217,8 @@ def main() -> None:
         result["profile"] = profile_part()
     if args.part in ("step", "all"):
         result["step"] = step_part()
+    if args.part in ("compiled", "all"):
+        result["compiled"] = compiled_part()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -7,6 +7,8 @@ Arms are NAME=OVERRIDES, the overrides space-separated config keys on top of the
 tinyshakespeare.txt) and "kjv" (the King James text of the built-in corpus, to check that settings are not tuned
 to one file). Results: DIR/NAME-TEXT-SEED.json, one per run (resumable: runs already there are kept), and a
 markdown table on stdout. Run it alone: the budget is wall-clock, and a second torch process slows both.
+Every run gets an empty Inductor cache of its own (TORCHINDUCTOR_CACHE_DIR), so an arm with train.compile=true pays
+a cold compile inside its budget each time, as on a fresh machine, and not the few seconds a warm cache costs.
 
 Usage:
   python bench/speedrun_compare.py --arm base= --arm deeper="model.n_layer=6" --out bench/results/speedrun/x
@@ -19,8 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +54,10 @@ def run(arm: str, overrides: list[str], text: Path, text_name: str, seed: int, s
     if not result.is_file():
         cmd = [sys.executable, "-m", "tinylm", "speedrun", "--text", str(text), "--seconds", str(seconds),
                "--json", str(result), f"train.seed={seed}", *overrides]
-        if subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode:  # its own error is on stderr
+        with tempfile.TemporaryDirectory(prefix="inductor-") as cache:
+            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+            failed = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, env=env).returncode
+        if failed:  # its own error is on stderr
             sys.exit(f"speedrun_compare: arm '{arm}' failed on {text_name}, seed {seed}; the runs before it are kept")
     report = json.loads(result.read_text())
     print(f"{arm} {text_name} {seed}: {report['val_nats_per_byte']:.4f} nats/byte, {report['train_tokens']:,} tokens "

@@ -175,3 +175,35 @@ def test_speedrun_trains_in_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, nat
     monkeypatch.setattr(speedrun, "cpu_has_native_bf16", lambda: native)
     assert speedrun.speedrun_config(10).train.precision == ("bf16" if native else "fp32")
     assert speedrun.speedrun_config(10, ["train.precision=fp32"]).train.precision == "fp32"  # an override wins
+
+
+def test_speedrun_compiles_only_where_the_budget_repays_it(monkeypatch):
+    from tinylm import speedrun
+
+    monkeypatch.setattr(speedrun, "cpu_can_compile", lambda: True)
+    assert speedrun.speedrun_config(180).train.compile is True
+    assert speedrun.speedrun_config(speedrun.COMPILE_MIN_SECONDS).train.compile is True
+    assert speedrun.speedrun_config(speedrun.COMPILE_MIN_SECONDS - 1).train.compile is False  # the compile would eat it
+    assert speedrun.speedrun_config(180, ["train.compile=false"]).train.compile is False  # an override wins
+    # settings train.compile refuses leave it off rather than fail the run
+    assert speedrun.speedrun_config(180, ["model.mtp=sequential"]).train.compile is False
+    assert speedrun.speedrun_config(180, ["model.dropout=0.1", "train.dropout_schedule=late"]).train.compile is False
+    assert speedrun.speedrun_config(180, ["model.dropout=0.1"]).train.compile is True  # a constant dropout compiles
+    monkeypatch.setattr(speedrun, "cpu_can_compile", lambda: False)  # no C++ compiler for Inductor
+    assert speedrun.speedrun_config(180).train.compile is False
+
+
+def test_cpu_can_compile_needs_a_cpp_compiler(monkeypatch):
+    import torch._inductor.config as inductor_config
+    from torch._inductor.cpp_builder import cpp_compiler_search
+
+    from tinylm.train.perf import cpu_can_compile
+
+    cpu_can_compile.cache_clear()
+    cpp_compiler_search.cache_clear()
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-compiler-tinylm",))
+    try:
+        assert cpu_can_compile() is False
+    finally:
+        cpu_can_compile.cache_clear()
+        cpp_compiler_search.cache_clear()

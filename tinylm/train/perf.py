@@ -48,6 +48,19 @@ def measured_matmul_flops(device: torch.device, n: int = 1024, repeats: int = 8,
 
 
 @functools.lru_cache(maxsize=None)
+def cpu_can_compile() -> bool:
+    """Whether torch.compile can build CPU kernels here: Inductor writes them in C++ and needs a compiler (g++, or
+    the one $CXX names)."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception:  # InvalidCxxCompiler, or a torch without Inductor
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16, read from Linux's cpuinfo flags).
     There bf16 autocast trains faster than fp32; elsewhere PyTorch emulates bf16 and it is slower. False where

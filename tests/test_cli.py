@@ -193,7 +193,7 @@ def test_speedrun_compiles_only_where_the_budget_repays_it(monkeypatch):
     assert speedrun.speedrun_config(180).train.compile is False
 
 
-def test_cpu_can_compile_needs_a_cpp_compiler(monkeypatch):
+def test_cpu_can_compile_needs_a_cpp_compiler():
     import torch._inductor.config as inductor_config
     from torch._inductor.cpp_builder import cpp_compiler_search
 
@@ -201,9 +201,9 @@ def test_cpu_can_compile_needs_a_cpp_compiler(monkeypatch):
 
     cpu_can_compile.cache_clear()
     cpp_compiler_search.cache_clear()
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-compiler-tinylm",))
     try:
-        assert cpu_can_compile() is False
+        with inductor_config.patch({"cpp.cxx": ("no-such-compiler-tinylm",)}):  # Inductor's own override, undone after
+            assert cpu_can_compile() is False
     finally:
         cpu_can_compile.cache_clear()
         cpp_compiler_search.cache_clear()

@@ -727,7 +727,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a small model on FILE (first 90% train, last 10% validation) for SECONDS of "
                                    "wall-clock time, setup included (a BPE of 1,024 tokens trained on the training "
                                    "split by default; data.tokenizer=byte for raw bytes), then score every byte of "
-                                   "the validation split in nats and bits per byte.")
+                                   "the validation split in nats and bits per byte. Budgets of 150 s or more compile "
+                                   "the model first (torch.compile, 40-50 s of the budget on 2 cores) where a C++ "
+                                   "compiler is present; train.compile=false trains eagerly.")
     p.add_argument("--text", required=True, metavar="FILE")
     p.add_argument("--seconds", type=float, default=180.0)
     p.add_argument("--json", metavar="OUT", help="also write the report as JSON")

@@ -47,8 +47,9 @@ def speedrun_precision() -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-# The speedrun compiles its model (train.compile) for budgets of at least this many seconds: a cold compile takes
-# 37-52 s on 2 cores and a compiled step is 1.2-1.5x faster, so it pays back from about three times its cost
+# The speedrun compiles its model (train.compile) for budgets of at least this many seconds. A cold compile takes
+# 37-52 s on 2 cores; a compiled step is 1.5x faster on a slow host, which repays the compile from about three times
+# its cost, and 1.2x on a fast one, where 180 s breaks about even (BENCHMARKS.md, four seeds on two texts)
 COMPILE_MIN_SECONDS = 150
 
 

@@ -24,7 +24,7 @@ from tinylm.data.corpus import iter_documents
 from tinylm.data.tokens import TokenData
 from tinylm.errors import TinyLMError
 from tinylm.tokenizer import Tokenizer, byte_tokenizer, train_bpe
-from tinylm.train.loop import train
+from tinylm.train.loop import compile_refusal, train
 from tinylm.train.perf import cpu_can_compile, cpu_has_native_bf16
 
 SPEEDRUN_SETTINGS = [
@@ -55,10 +55,9 @@ COMPILE_MIN_SECONDS = 150
 
 def speedrun_compile(seconds: float, cfg: Config) -> bool:
     """train.compile for a budget of `seconds`: on where the budget repays the compile, Inductor can build CPU
-    kernels here (it needs a C++ compiler) and the settings compile (a token model without multi-token heads or a
-    changing dropout, which train.compile refuses)."""
-    compiles = cfg.model.kind == "token" and cfg.model.mtp == "none" \
-        and (cfg.train.dropout_schedule == "constant" or not cfg.model.dropout)
+    kernels here (it needs a C++ compiler) and train.compile takes the settings (a token model; no multi-token
+    heads or changing dropout, which it refuses)."""
+    compiles = cfg.model.kind == "token" and compile_refusal(cfg) is None
     return seconds >= COMPILE_MIN_SECONDS and compiles and cpu_can_compile()
 
 

@@ -210,6 +210,17 @@ def _fresh_start_of_resume(run_dir: Path, cfg: Config) -> None:
     print(f"no checkpoint in {run_dir} yet; starting from step 0", file=sys.stderr)
 
 
+def compile_refusal(cfg: Config) -> str | None:
+    """Why train.compile cannot train these settings (the error `train` raises when it is set), or None."""
+    if cfg.train.dropout_schedule != "constant" and cfg.model.dropout:  # torch.compile guards on p
+        return ("train.compile recompiles the model whenever dropout changes, which "
+                f"train.dropout_schedule={cfg.train.dropout_schedule} does every step; set train.compile=false")
+    if cfg.model.mtp != "none":  # its objective calls the trunk and heads, not the compiled forward
+        return (f"train.compile compiles the model's forward, which model.mtp={cfg.model.mtp}'s objective "
+                "does not call (it runs the trunk and heads itself); set train.compile=false")
+    return None
+
+
 @signals_deferred
 def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Path | None = None, *,
           resume: bool = False, init_from: str | Path | None = None, overwrite: bool = False,
@@ -229,12 +240,8 @@ def train(cfg: Config, data: TokenData, tokenizer: Tokenizer, run_dir: str | Pat
         raise TinyLMError("set a stop condition: train.max_steps, train.max_tokens or train.max_seconds")
     if tc.dropout_schedule not in DROPOUT_SCHEDULES:
         raise TinyLMError(f"train.dropout_schedule='{tc.dropout_schedule}' is not one of {', '.join(DROPOUT_SCHEDULES)}")
-    if tc.compile and tc.dropout_schedule != "constant" and cfg.model.dropout:  # torch.compile guards on p
-        raise TinyLMError("train.compile recompiles the model whenever dropout changes, which "
-                          f"train.dropout_schedule={tc.dropout_schedule} does every step; set train.compile=false")
-    if tc.compile and cfg.model.mtp != "none":  # its objective calls the trunk and heads, not the compiled forward
-        raise TinyLMError(f"train.compile compiles the model's forward, which model.mtp={cfg.model.mtp}'s objective "
-                          "does not call (it runs the trunk and heads itself); set train.compile=false")
+    if tc.compile and (refusal := compile_refusal(cfg)):
+        raise TinyLMError(refusal)
     device = resolve_device(distributed.device_for(tc.device))
     # distributed: DDP or FSDP over the ranks torchrun started
     parallel = distributed.Parallel.for_run(tc, cfg.model.mtp)

@@ -14,20 +14,25 @@ from pathlib import Path
 
 import torch
 
-# dense bf16 peaks, FLOP/s (vendor datasheets)
-GPU_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
-             "RTX 4090": 165e12, "RTX 3090": 71e12, "L4": 121e12, "T4": 65e12}
+# dense bf16 tensor-core peaks, FLOP/s (vendor datasheets); the first key found in the device's name is its part,
+# so a variant comes before its family's name (the H100 PCIe and NVL run slower clocks than the SXM part)
+GPU_PEAKS = {"H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "A100": 312e12,
+             "L40S": 362e12, "A10G": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "L4": 121e12, "T4": 65e12}
+
+
+def published_bf16_peak(device_name: str) -> tuple[str, float] | None:
+    """(part, dense bf16 FLOP/s) of a GPU whose name holds a part listed in GPU_PEAKS; None for any other."""
+    return next(((key, value) for key, value in GPU_PEAKS.items() if key in device_name), None)
 
 
 @functools.lru_cache(maxsize=None)
 def peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
     """The FLOP/s a run multiplying in `dtype` is measured against. A CPU with native bf16 multiplies bf16 about
-    twice as fast as fp32, so stating a bf16 run against the fp32 rate would overstate its utilisation."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, value in GPU_PEAKS.items():
-            if key in name:
-                return value
+    twice as fast as fp32, so stating a bf16 run against the fp32 rate would overstate its utilisation; on a GPU
+    the datasheet's bf16 peak holds only for bf16, and an fp32 run (or an unlisted part) is measured instead."""
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        if found := published_bf16_peak(torch.cuda.get_device_name(device)):
+            return found[1]
     return measured_matmul_flops(device, dtype=dtype)
 
 

@@ -9,6 +9,8 @@ to one file). Results: DIR/NAME-TEXT-SEED.json, one per run (resumable: runs alr
 markdown table on stdout. Run it alone: the budget is wall-clock, and a second torch process slows both.
 Every run gets an empty Inductor cache of its own (TORCHINDUCTOR_CACHE_DIR), so an arm with train.compile=true pays
 a cold compile inside its budget each time, as on a fresh machine, and not the few seconds a warm cache costs.
+With --warm-cache every run shares one cache (DIR/inductor-cache), filled before the comparison by one compiled
+10-second speedrun per text (not scored): a user's second and later runs on the same machine.
 
 Usage:
   python bench/speedrun_compare.py --arm base= --arm deeper="model.n_layer=6" --out bench/results/speedrun/x
@@ -49,14 +51,20 @@ def parse_arm(spec: str) -> tuple[str, list[str]]:
     return name, overrides.split()
 
 
-def run(arm: str, overrides: list[str], text: Path, text_name: str, seed: int, seconds: float, out: Path) -> dict:
+def speedrun(text: Path, seconds: float, result: Path, overrides: list[str], cache: Path | None) -> int:
+    """Run `tinylm speedrun` in its own process, with `cache` (or an empty one) as its Inductor cache."""
+    cmd = [sys.executable, "-m", "tinylm", "speedrun", "--text", str(text), "--seconds", str(seconds),
+           "--json", str(result), *overrides]
+    with tempfile.TemporaryDirectory(prefix="inductor-") as empty:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache or empty)}
+        return subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, env=env).returncode
+
+
+def run(arm: str, overrides: list[str], text: Path, text_name: str, seed: int, seconds: float, out: Path,
+        cache: Path | None) -> dict:
     result = out / f"{arm}-{text_name}-{seed}.json"
     if not result.is_file():
-        cmd = [sys.executable, "-m", "tinylm", "speedrun", "--text", str(text), "--seconds", str(seconds),
-               "--json", str(result), f"train.seed={seed}", *overrides]
-        with tempfile.TemporaryDirectory(prefix="inductor-") as cache:
-            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
-            failed = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, env=env).returncode
+        failed = speedrun(text, seconds, result, [f"train.seed={seed}", *overrides], cache)
         if failed:  # its own error is on stderr
             sys.exit(f"speedrun_compare: arm '{arm}' failed on {text_name}, seed {seed}; the runs before it are kept")
     report = json.loads(result.read_text())
@@ -89,6 +97,8 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[1337, 1338])
     ap.add_argument("--seconds", type=float, default=180)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--warm-cache", action="store_true",
+                    help="every run shares one Inductor cache, compiled into before the first run")
     a = ap.parse_args()
     arms = dict(parse_arm(spec) for spec in a.arm)
     if len(arms) != len(a.arm):
@@ -96,11 +106,16 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     results = {}
     labels = [text if text in TEXTS else Path(text).stem for text in a.texts]
+    cache = a.out / "inductor-cache" if a.warm_cache else None
     for text, label in zip(a.texts, labels):
         path = text_path(text)
+        if cache and not (a.out / f"warm-up-{label}.json").is_file():
+            print(f"warming the Inductor cache on {label}", flush=True)
+            if speedrun(path, 10, a.out / f"warm-up-{label}.json", ["train.compile=true"], cache):
+                sys.exit(f"speedrun_compare: the warm-up run on {label} failed")
         for seed in a.seeds:
             for arm, overrides in arms.items():
-                results[arm, label, seed] = run(arm, overrides, path, label, seed, a.seconds, a.out)
+                results[arm, label, seed] = run(arm, overrides, path, label, seed, a.seconds, a.out, cache)
     print(table(results, list(arms), labels, a.seeds))
 
 

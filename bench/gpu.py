@@ -176,10 +176,6 @@ def bench_size(name: str, size: Size, tokenizer: Tokenizer, work: Path, device: 
         row[f"ratio_{side.replace(' ', '_')}"] = row[side]["tokens_per_s"] / row["transformers"]["tokens_per_s"]
     if device.type == "cuda":
         row["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    del model, hf, sides
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
     return row
 
 
@@ -250,6 +246,9 @@ def main() -> None:
         for name in chosen:
             print(f"training ~{name}", flush=True)
             result["train"].append(bench_size(name, shapes[name], tokenizer, Path(tmp), device, a))
+            if device.type == "cuda":  # the size's models and optimizer states are gone with its frame
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print_table(result)

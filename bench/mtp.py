@@ -205,7 +205,7 @@ def speculative(run: Path, n_tokens: int, n_prompts: int, temperature: float) ->
     """Decoding from the run's validation text, plain and self-speculative: acceptance and tokens/s (and at
     temperature 0 whether the outputs are identical)."""
     ckpt = load_checkpoint(run)
-    model, tokenizer = ckpt.model.eval(), ckpt.tokenizer
+    model = ckpt.model.eval()
     data = TokenData.load(prepare_cached(ckpt.cfg.data, progress=False))
     prompts = [data.val[i * 5000:i * 5000 + 32].astype("int64").tolist() for i in range(n_prompts)]
     torch.set_num_threads(1)

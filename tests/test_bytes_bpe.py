@@ -17,7 +17,7 @@ from tinylm.eval import flag_prompt_end
 from tinylm.eval.likelihood import encode_requests
 from tinylm.model import ByteCache, build_model, generate
 from tinylm.model.bytes import patch_layout, patch_starts
-from tinylm.tokenizer import (EOS, PATCH_VOCAB, PatchTokenizer, Tokenizer, bytes_to_unicode, patch_tokenizer,
+from tinylm.tokenizer import (PATCH_VOCAB, PatchTokenizer, Tokenizer, bytes_to_unicode, patch_tokenizer,
                               train_bpe)
 from tinylm.train.distill import vocabulary_map
 

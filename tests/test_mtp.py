@@ -2,7 +2,6 @@
 (model/generate.py generate_speculative)."""
 
 import dataclasses
-import itertools
 
 import pytest
 import torch

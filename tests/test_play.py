@@ -117,7 +117,7 @@ def test_same_seed_gives_identical_results_and_another_seed_other_games(tmp_path
     args = dict(models=[], games=["tictactoe", "connect4"], rounds=3, builtins=["first-legal"], progress=False)
     first = run_play(out=tmp_path / "a", seed=7, **args)
     again = run_play(out=tmp_path / "b", seed=7, **args)
-    other = run_play(out=tmp_path / "c", seed=8, **args)
+    run_play(out=tmp_path / "c", seed=8, **args)
     assert first == again
     games = [(tmp_path / d / "pairings" / "connect4" / "first-legal--random.json").read_text() for d in "abc"]
     assert games[0] == games[1] != games[2]

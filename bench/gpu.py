@@ -25,10 +25,8 @@ Sizes (vocab 8,192 as in bench/throughput.py, sequences of 1,024, batches that f
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -40,20 +38,15 @@ import torch.nn.functional as F
 
 from tinylm.config import ModelConfig
 from tinylm.data import builtin_documents
-from tinylm.export.hf import write_hf
 from tinylm.model import Transformer
 from tinylm.tokenizer import Tokenizer, train_bpe
 from tinylm.train.perf import measured_matmul_flops, published_bf16_peak
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import Size, alternate, check_logits, hf_twin, median  # noqa: E402  the CPU bench's helpers
+
 LOGIT_TOL = 1e-3  # fp32 on both sides; a GPU's fp32 kernels sum in other orders than a CPU's
 CHECK_EVERY = 5  # steps between two reads of the clock (each read waits for the GPU)
-
-
-@dataclasses.dataclass
-class Size:
-    model: ModelConfig
-    batch: int
-    seq: int
 
 
 def sizes(smoke: bool) -> dict[str, Size]:
@@ -86,25 +79,6 @@ def peak(device: torch.device, tflops: float | None) -> tuple[float, str]:
     return measured_matmul_flops(device, n=1024, dtype=torch.bfloat16), "measured bf16 1024² matmul"
 
 
-def hf_twin(model: Transformer, tokenizer: Tokenizer, folder: Path, device: torch.device):
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-    folder.mkdir()
-    write_hf(model, tokenizer, folder)
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device)
-
-
-def check_logits(model: Transformer, hf, vocab: int, device: torch.device) -> float:
-    x = torch.randint(0, vocab, (1, 48), generator=torch.Generator().manual_seed(1)).to(device)
-    with torch.no_grad():
-        gap = (model(x) - hf(input_ids=x).logits).abs().max().item()
-    if gap > LOGIT_TOL:
-        sys.exit(f"transformers' logits differ from tinylm's by {gap:.2e} (> {LOGIT_TOL}); nothing timed")
-    return gap
-
-
 def train_burst(forward_loss: Callable, model: torch.nn.Module, x, y, seconds: float) -> Callable[[], dict]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=True)
     model.train()
@@ -134,9 +108,9 @@ def bench_size(name: str, size: Size, tokenizer: Tokenizer, work: Path, device: 
                a: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = Transformer(size.model).to(device)
-    hf = hf_twin(model.cpu(), tokenizer, work / f"hf-{name}", device)
+    hf = hf_twin(model.cpu(), tokenizer, work / f"hf-{name}", device)  # the export reads the weights on the CPU
     model.to(device)
-    gap = check_logits(model, hf, size.model.vocab_size, device)
+    gap = check_logits(model, hf, size.model.vocab_size, tol=LOGIT_TOL)
     data = torch.randint(0, size.model.vocab_size, (size.batch, size.seq + 1),
                          generator=torch.Generator().manual_seed(0)).to(device)
     x, y = data[:, :-1], data[:, 1:]
@@ -160,17 +134,12 @@ def bench_size(name: str, size: Size, tokenizer: Tokenizer, work: Path, device: 
         compile_s = time.perf_counter() - start
         twin.zero_grad(set_to_none=True)
         sides["tinylm compiled"] = train_burst(lambda x, y: compiled(x, y), twin, x, y, a.seconds)
-    for run in sides.values():  # warm-up: the optimizer states, the kernels' first launches
-        run()
-    runs = {side: [] for side in sides}
-    for _ in range(a.bursts):
-        for side, run in sides.items():
-            runs[side].append(run())
+    runs = alternate(sides, a.bursts)  # after a warm-up: the optimizer states, the kernels' first launches
     row = {"size": name, "params": model.param_counts()["total"], "batch": size.batch, "seq": size.seq,
            "flops_per_token": model.flops_per_token(size.seq), "logit_max_abs_diff": gap, "compile_s": compile_s,
            "transformers_attention": hf.config._attn_implementation, "bursts": runs}
     for side in runs:
-        row[side] = {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs[side])}
+        row[side] = {"tokens_per_s": median(runs[side], "tokens_per_s")}
         row[side]["mfu"] = row["flops_per_token"] * row[side]["tokens_per_s"] / a.peak
     for side in runs.keys() - {"transformers"}:
         row[f"ratio_{side.replace(' ', '_')}"] = row[side]["tokens_per_s"] / row["transformers"]["tokens_per_s"]

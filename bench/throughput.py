@@ -112,7 +112,7 @@ def median(runs: list[dict], key: str) -> float:
 
 # ---- models on both sides ----
 
-def hf_twin(model: Transformer, tokenizer: Tokenizer, folder: Path):
+def hf_twin(model: Transformer, tokenizer: Tokenizer, folder: Path, device: str | torch.device = "cpu"):
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
@@ -120,18 +120,18 @@ def hf_twin(model: Transformer, tokenizer: Tokenizer, folder: Path):
 
     folder.mkdir()
     write_hf(model, tokenizer, folder)
-    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device)
     hf.generation_config.eos_token_id = None  # exactly the tokens asked for, as on the other sides
     hf.generation_config.pad_token_id = tokenizer.eos_id
     return hf
 
 
-def check_logits(model: Transformer, hf, vocab: int) -> float:
-    x = torch.randint(0, vocab, (1, 48), generator=torch.Generator().manual_seed(1))
+def check_logits(model: Transformer, hf, vocab: int, tol: float = LOGIT_TOL) -> float:
+    x = torch.randint(0, vocab, (1, 48), generator=torch.Generator().manual_seed(1)).to(model.embed.weight.device)
     with torch.no_grad():
         gap = (model(x) - hf(input_ids=x).logits).abs().max().item()
-    if gap > LOGIT_TOL:
-        sys.exit(f"transformers' logits differ from tinylm's by {gap:.2e} (> {LOGIT_TOL}); nothing timed")
+    if gap > tol:
+        sys.exit(f"transformers' logits differ from tinylm's by {gap:.2e} (> {tol}); nothing timed")
     return gap
 
 

@@ -21,6 +21,7 @@ Usage:
   python bench/mtp.py --size 10m ... --tasks arc_easy,piqa,hellaswag --limit 500   # and zero-shot accuracy
   python bench/mtp.py --speculative DIR/runs/<run> [--tokens 200 --prompts 5 --temperature 0.8]  # drafting
   python bench/mtp.py --size 10m --budget tokens --table   # the table of every arm in results.json, no training
+  python bench/mtp.py --size 1m --cost   # what MTP costs in training tokens/s, measured side by side
 Results: DIR/results.json (resumable: finished runs are kept) and a markdown table on stdout
 (default DIR: bench/results/mtp/<size>-<budget>).
 """
@@ -31,6 +32,7 @@ import argparse
 import json
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -45,6 +47,9 @@ from tinylm.model import generate
 from tinylm.model.generate import generate_speculative
 from tinylm.tokenizer import Tokenizer
 from tinylm.train import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import alternate, median  # noqa: E402  the throughput bench's burst helpers
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
 SIZES = {
@@ -171,6 +176,34 @@ def run_arms(grid: dict[str, list[str]], seeds: list[int], size: str, budget: st
     return rows
 
 
+def cost(size: str, steps: int, bursts: int, cache_dir: str, out: Path) -> dict:
+    """Training tokens/s of the baseline and of each variant (λ does not change the work), in one process,
+    the three taking turns burst by burst (each burst a short run of `steps` steps from a fresh model), so
+    a change in the host's speed hits all of them alike; the median burst of each, and its ratio to the
+    baseline's. This is what an equal-wall-clock run costs MTP in tokens, without the host's drift between
+    runs that are minutes apart."""
+    sides = {"baseline": [], "sequential": ["model.mtp=sequential", "model.mtp_heads=1", "train.mtp_weight=0.1"],
+             "parallel": ["model.mtp=parallel", "model.mtp_heads=1", "train.mtp_weight=0.1"]}
+    work = out / "runs" / "cost"
+
+    def burst(name: str, overrides: list[str]):
+        def run() -> dict:
+            cfg = load_config(RECIPE, [*COMMON, *SIZES[size], *overrides, f"train.max_steps={steps}",
+                                       "eval.max_tokens=1024", f"data.cache_dir={cache_dir}"])
+            data_dir = prepare_cached(cfg.data, progress=False)
+            result = train(cfg, TokenData.load(data_dir), Tokenizer.load(data_dir), work / name, overwrite=True,
+                           progress=False)
+            return {"tokens_per_second": result.tokens_per_second}
+        return run
+
+    runs = alternate({name: burst(name, o) for name, o in sides.items()}, bursts)
+    rates = {name: median(rs, "tokens_per_second") for name, rs in runs.items()}
+    return {"size": size, "steps": steps, "bursts": bursts, "threads": torch.get_num_threads(),
+            "tokens_per_second": rates, "bursts_tokens_per_second": {n: [r["tokens_per_second"] for r in rs]
+                                                                     for n, rs in runs.items()},
+            "ratio_to_baseline": {n: rates[n] / rates["baseline"] for n in sides}}
+
+
 def table(rows: list[dict], names: list[str]) -> str:
     def spread(values: list[float]) -> str:
         return f"{max(values) - min(values):.4f}" if len(values) > 1 else "–"
@@ -243,6 +276,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=500, help="--tasks: the first N items of each task")
     ap.add_argument("--table", action="store_true",
                     help="print the table of every arm already in DIR/results.json, training nothing")
+    ap.add_argument("--cost", action="store_true",
+                    help="measure MTP's training tokens/s against the baseline's side by side, training nothing to "
+                         "score (results: DIR/cost.json)")
+    ap.add_argument("--steps", type=int, default=30, help="--cost: training steps per burst")
+    ap.add_argument("--bursts", type=int, default=5, help="--cost: bursts of each side (after one warm-up each)")
     ap.add_argument("--speculative", type=Path, metavar="RUN", help="measure speculative decoding on a trained run")
     ap.add_argument("--tokens", type=int, default=200, help="--speculative: new tokens per prompt")
     ap.add_argument("--prompts", type=int, default=5, help="--speculative: prompts from the validation split")
@@ -258,6 +296,12 @@ def main() -> None:
         rows = json.loads(results_file.read_text())
         return print(table(rows, sorted({r["name"] for r in rows}, key=arm_order)))
     torch.set_num_threads(1)
+    if a.cost:
+        result = cost(a.size, a.steps, a.bursts, a.cache_dir, out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "cost.json").write_text(json.dumps(result, indent=1) + "\n")
+        rates, ratio = result["tokens_per_second"], result["ratio_to_baseline"]
+        return print("\n".join(f"{n}: {rates[n]:,.0f} tokens/s ({ratio[n]:.3f}x the baseline)" for n in rates))
     grid = arms(a.variants, a.weights, a.schedules)
     tasks = [t.strip() for t in a.tasks.split(",") if t.strip()] if a.tasks else None
     rows = run_arms(grid, a.seeds, a.size, a.budget, a.amount, out, a.cache_dir, tasks, a.limit)

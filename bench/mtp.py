@@ -182,8 +182,8 @@ def cost(size: str, steps: int, bursts: int, cache_dir: str, out: Path) -> dict:
     a change in the host's speed hits all of them alike; the median burst of each, and its ratio to the
     baseline's. This is what an equal-wall-clock run costs MTP in tokens, without the host's drift between
     runs that are minutes apart."""
-    sides = {"baseline": [], "sequential": ["model.mtp=sequential", "model.mtp_heads=1", "train.mtp_weight=0.1"],
-             "parallel": ["model.mtp=parallel", "model.mtp_heads=1", "train.mtp_weight=0.1"]}
+    sides = {name.split()[0]: overrides
+             for name, overrides in arms(["sequential", "parallel"], [0.1], ["constant"]).items()}
     work = out / "runs" / "cost"
 
     def burst(name: str, overrides: list[str]):
@@ -297,6 +297,8 @@ def main() -> None:
         return print(table(rows, sorted({r["name"] for r in rows}, key=arm_order)))
     torch.set_num_threads(1)
     if a.cost:
+        if a.steps < 1 or a.bursts < 1:
+            ap.error("--cost needs --steps and --bursts of at least 1")
         result = cost(a.size, a.steps, a.bursts, a.cache_dir, out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "cost.json").write_text(json.dumps(result, indent=1) + "\n")

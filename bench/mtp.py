@@ -185,18 +185,19 @@ def cost(size: str, steps: int, bursts: int, cache_dir: str, out: Path) -> dict:
     sides = {name.split()[0]: overrides
              for name, overrides in arms(["sequential", "parallel"], [0.1], ["constant"]).items()}
     work = out / "runs" / "cost"
+    configs = {name: load_config(RECIPE, [*COMMON, *SIZES[size], *overrides, f"train.max_steps={steps}",
+                                          "eval.max_tokens=1024", f"data.cache_dir={cache_dir}"])
+               for name, overrides in sides.items()}
+    data_dir = prepare_cached(configs["baseline"].data, progress=False)  # one corpus for every side
+    data, tokenizer = TokenData.load(data_dir), Tokenizer.load(data_dir)
 
-    def burst(name: str, overrides: list[str]):
+    def burst(name: str):
         def run() -> dict:
-            cfg = load_config(RECIPE, [*COMMON, *SIZES[size], *overrides, f"train.max_steps={steps}",
-                                       "eval.max_tokens=1024", f"data.cache_dir={cache_dir}"])
-            data_dir = prepare_cached(cfg.data, progress=False)
-            result = train(cfg, TokenData.load(data_dir), Tokenizer.load(data_dir), work / name, overwrite=True,
-                           progress=False)
+            result = train(configs[name], data, tokenizer, work / name, overwrite=True, progress=False)
             return {"tokens_per_second": result.tokens_per_second}
         return run
 
-    runs = alternate({name: burst(name, o) for name, o in sides.items()}, bursts)
+    runs = alternate({name: burst(name) for name in sides}, bursts)
     rates = {name: median(rs, "tokens_per_second") for name, rs in runs.items()}
     return {"size": size, "steps": steps, "bursts": bursts, "threads": torch.get_num_threads(),
             "tokens_per_second": rates, "bursts_tokens_per_second": {n: [r["tokens_per_second"] for r in rs]

@@ -19,6 +19,7 @@ Usage:
   python bench/mtp.py --size 1m --budget tokens --amount 150000 --seeds 0 1 2
   python bench/mtp.py --size 10m --budget seconds --amount 900 --seeds 0 1 2      # equal wall-clock, idle machine
   python bench/mtp.py --size 10m ... --tasks arc_easy,piqa,hellaswag --limit 500   # and zero-shot accuracy
+  python bench/mtp.py --size 30m ... --only baseline   # one side only (--only arms: the other), e.g. one per core
   python bench/mtp.py --speculative DIR/runs/<run> [--tokens 200 --prompts 5 --temperature 0.8]  # drafting
   python bench/mtp.py --size 10m --budget tokens --table   # the table of every arm in results.json, no training
   python bench/mtp.py --size 1m --cost   # what MTP costs in training tokens/s, measured side by side
@@ -271,6 +272,9 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["sequential", "parallel"])
     ap.add_argument("--weights", type=float, nargs="+", default=[0.05, 0.1, 0.3])
     ap.add_argument("--schedules", nargs="+", default=["constant", "curriculum"])
+    ap.add_argument("--only", choices=["baseline", "arms"],
+                    help="run only the baseline, or only the MTP arms: to run a seed's two sides at once, one per "
+                         "core, into two folders (see BENCHMARKS.md, ~30M equal wall-clock side by side)")
     ap.add_argument("--cache-dir", default="data_cache", help="data.cache_dir: where the prepared corpus is kept")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--tasks", help="zero-shot tasks to score every run on, comma-separated (see tinylm eval --help)")
@@ -306,6 +310,10 @@ def main() -> None:
         rates, ratio = result["tokens_per_second"], result["ratio_to_baseline"]
         return print("\n".join(f"{n}: {rates[n]:,.0f} tokens/s ({ratio[n]:.3f}x the baseline)" for n in rates))
     grid = arms(a.variants, a.weights, a.schedules)
+    if a.only == "baseline":
+        grid = {"baseline": grid["baseline"]}
+    elif a.only == "arms":
+        del grid["baseline"]
     tasks = [t.strip() for t in a.tasks.split(",") if t.strip()] if a.tasks else None
     rows = run_arms(grid, a.seeds, a.size, a.budget, a.amount, out, a.cache_dir, tasks, a.limit)
     print(table(rows, list(grid)))

@@ -274,7 +274,8 @@ def main() -> None:
     ap.add_argument("--schedules", nargs="+", default=["constant", "curriculum"])
     ap.add_argument("--only", choices=["baseline", "arms"],
                     help="run only the baseline, or only the MTP arms: to run a seed's two sides at once, one per "
-                         "core, into two folders (BENCHMARKS.md: 'At ~30M, equal wall-clock, the two sides of a seed at once')")
+                         "core, into two folders (BENCHMARKS.md: 'At ~30M, equal wall-clock, the two sides of a "
+                         "seed at once')")
     ap.add_argument("--cache-dir", default="data_cache", help="data.cache_dir: where the prepared corpus is kept")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--tasks", help="zero-shot tasks to score every run on, comma-separated (see tinylm eval --help)")

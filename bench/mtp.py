@@ -292,6 +292,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=5, help="--speculative: prompts from the validation split")
     ap.add_argument("--temperature", type=float, default=0.0, help="--speculative: 0 = greedy")
     a = ap.parse_args()
+    if a.only and (a.speculative or a.table or a.cost):
+        ap.error("--only chooses which arms a sweep trains; --table, --cost and --speculative train no sweep")
     if a.speculative:
         return speculative(a.speculative, a.tokens, a.prompts, a.temperature)
     out = a.out or Path("bench/results/mtp") / f"{a.size}-{a.budget}"

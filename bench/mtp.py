@@ -20,6 +20,8 @@ Usage:
   python bench/mtp.py --size 10m --budget seconds --amount 900 --seeds 0 1 2      # equal wall-clock, idle machine
   python bench/mtp.py --size 10m ... --tasks arc_easy,piqa,hellaswag --limit 500   # and zero-shot accuracy
   python bench/mtp.py --size 30m ... --only baseline   # one side only (--only arms: the other), e.g. one per core
+  python bench/mtp.py --size 30m --budget seconds --amount 900 --variants sequential --weights 0.3 \
+      --schedules constant --paired   # a seed's baseline and arm at the same moment, one per core
   python bench/mtp.py --speculative DIR/runs/<run> [--tokens 200 --prompts 5 --temperature 0.8]  # drafting
   python bench/mtp.py --size 10m --budget tokens --table   # the table of every arm in results.json, no training
   python bench/mtp.py --size 1m --cost   # what MTP costs in training tokens/s, measured side by side
@@ -31,8 +33,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -177,6 +181,48 @@ def run_arms(grid: dict[str, list[str]], seeds: list[int], size: str, budget: st
     return rows
 
 
+def run_paired(a: argparse.Namespace, grid: dict[str, list[str]], out: Path) -> list[dict]:
+    """Each seed's baseline and its one MTP arm trained at the same moment, one per core (one thread each, the
+    baseline's core alternating by seed), so a change in the host's speed hits both alike: two child runs of this
+    script (--only baseline, --only arms) into OUT/sides/, whose rows join OUT/results.json only when both sides
+    of the seed have finished. A seed with one side missing is trained again from scratch on both sides."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit(f"mtp.py: --paired needs two cores to run on; this process may use {len(cores)}")
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / "results.json"
+    rows = json.loads(results_file.read_text()) if results_file.is_file() else []
+    arm = next(name for name in grid if name != "baseline")
+    child = [sys.executable, str(Path(__file__).resolve()), "--size", a.size, "--budget", a.budget, "--amount",
+             f"{a.amount:g}", "--variants", *a.variants, "--weights", *(f"{w:g}" for w in a.weights), "--schedules",
+             *a.schedules, "--cache-dir", a.cache_dir, "--limit", str(a.limit),
+             *(["--tasks", a.tasks] if a.tasks else [])]
+    for seed in a.seeds:
+        if {r["name"] for r in rows if r["seed"] == seed} >= {"baseline", arm}:
+            continue
+        rows = [r for r in rows if r["seed"] != seed]
+        sides = {"baseline": cores[seed % 2], "arms": cores[1 - seed % 2]}
+        procs = {}
+        for side, core in sides.items():
+            side_out = out / "sides" / f"{side}-seed{seed}"
+            (side_out / "results.json").unlink(missing_ok=True)  # both sides train now, or neither row counts
+            side_out.mkdir(parents=True, exist_ok=True)
+            with (side_out / "log.txt").open("w") as log:
+                procs[side] = subprocess.Popen(
+                    [*child, "--seeds", str(seed), "--only", side, "--out", str(side_out)], stdout=log,
+                    stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                    preexec_fn=lambda core=core: os.sched_setaffinity(0, {core}))
+            print(f"seed {seed}: {side} on core {core} (log: {side_out / 'log.txt'})", flush=True)
+        failed = [side for side, proc in procs.items() if proc.wait() != 0]
+        if failed:
+            raise SystemExit(f"mtp.py: seed {seed}: the {' and '.join(failed)} side failed; see "
+                             + ", ".join(str(out / "sides" / f"{side}-seed{seed}" / "log.txt") for side in failed))
+        for side in sides:
+            rows += json.loads((out / "sides" / f"{side}-seed{seed}" / "results.json").read_text())
+        results_file.write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
 def cost(size: str, steps: int, bursts: int, cache_dir: str, out: Path) -> dict:
     """Training tokens/s of the baseline and of each variant (λ does not change the work), in one process,
     the three taking turns burst by burst (each burst a short run of `steps` steps from a fresh model), so
@@ -276,6 +322,10 @@ def main() -> None:
                     help="run only the baseline, or only the MTP arms: to run a seed's two sides at once, one per "
                          "core, into two folders (BENCHMARKS.md: 'At ~30M, equal wall-clock, the two sides of a "
                          "seed at once')")
+    ap.add_argument("--paired", action="store_true",
+                    help="train each seed's baseline and the one MTP arm given at the same moment, one per core, "
+                         "so the host's drift hits both alike (default DIR: bench/results/mtp/"
+                         "<size>-<budget>-paired/<variant>-<weight>-<schedule>)")
     ap.add_argument("--cache-dir", default="data_cache", help="data.cache_dir: where the prepared corpus is kept")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--tasks", help="zero-shot tasks to score every run on, comma-separated (see tinylm eval --help)")
@@ -292,8 +342,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=5, help="--speculative: prompts from the validation split")
     ap.add_argument("--temperature", type=float, default=0.0, help="--speculative: 0 = greedy")
     a = ap.parse_args()
-    if a.only and (a.speculative or a.table or a.cost):
-        ap.error("--only chooses which arms a sweep trains; --table, --cost and --speculative train no sweep")
+    if (a.only or a.paired) and (a.speculative or a.table or a.cost):
+        ap.error("--only and --paired choose how a sweep trains; --table, --cost and --speculative train no sweep")
     if a.speculative:
         return speculative(a.speculative, a.tokens, a.prompts, a.temperature)
     out = a.out or Path("bench/results/mtp") / f"{a.size}-{a.budget}"
@@ -313,6 +363,12 @@ def main() -> None:
         rates, ratio = result["tokens_per_second"], result["ratio_to_baseline"]
         return print("\n".join(f"{n}: {rates[n]:,.0f} tokens/s ({ratio[n]:.3f}x the baseline)" for n in rates))
     grid = arms(a.variants, a.weights, a.schedules)
+    if a.paired:
+        if a.only or len(grid) != 2:
+            ap.error("--paired takes one MTP arm (one variant, one weight, one schedule) and no --only")
+        out = a.out or (Path("bench/results/mtp") / f"{a.size}-{a.budget}-paired"
+                        / f"{a.variants[0]}-{a.weights[0]:g}-{a.schedules[0]}")
+        return print(table(run_paired(a, grid, out), list(grid)))
     if a.only == "baseline":
         grid = {"baseline": grid["baseline"]}
     elif a.only == "arms":

@@ -47,6 +47,7 @@ from tinylm.checkpoint import find_checkpoint, load_checkpoint
 from tinylm.config import load_config
 from tinylm.data import TokenData, prepare_cached
 from tinylm.errors import TinyLMError
+from tinylm.faults import stop_on_sigterm
 from tinylm.eval.harness import run_benchmarks
 from tinylm.model import generate
 from tinylm.model.generate import generate_speculative
@@ -213,7 +214,17 @@ def run_paired(a: argparse.Namespace, grid: dict[str, list[str]], out: Path) -> 
                     stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                     preexec_fn=lambda core=core: os.sched_setaffinity(0, {core}))
             print(f"seed {seed}: {side} on core {core} (log: {side_out / 'log.txt'})", flush=True)
-        failed = [side for side, proc in procs.items() if proc.wait() != 0]
+        try:
+            with stop_on_sigterm():
+                failed = [side for side, proc in procs.items() if proc.wait() != 0]
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (Stopped)
+            raise SystemExit(f"mtp.py: stopped; seed {seed}'s pair is not kept (run the same command again to "
+                             "train it)")
+        finally:  # the sides stop too (at their next step: they save first), so nothing trains on unpaired
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait()
         if failed:
             raise SystemExit(f"mtp.py: seed {seed}: the {' and '.join(failed)} side failed; see "
                              + ", ".join(str(out / "sides" / f"{side}-seed{seed}" / "log.txt") for side in failed))

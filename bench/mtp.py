@@ -19,9 +19,9 @@ Usage:
   python bench/mtp.py --size 1m --budget tokens --amount 150000 --seeds 0 1 2
   python bench/mtp.py --size 10m --budget seconds --amount 900 --seeds 0 1 2      # equal wall-clock, idle machine
   python bench/mtp.py --size 10m ... --tasks arc_easy,piqa,hellaswag --limit 500   # and zero-shot accuracy
-  python bench/mtp.py --size 30m ... --only baseline   # one side only (--only arms: the other), e.g. one per core
-  python bench/mtp.py --size 30m --budget seconds --amount 900 --variants sequential --weights 0.3 \
-      --schedules constant --paired   # a seed's baseline and arm at the same moment, one per core
+  python bench/mtp.py --size 30m ... --only baseline   # one side only (--only arms: the other)
+  python bench/mtp.py --size 30m --budget seconds --variants parallel --weights 0.3 --schedules constant --paired
+      # one MTP arm: each seed's baseline and arm trained at the same moment, one per core
   python bench/mtp.py --speculative DIR/runs/<run> [--tokens 200 --prompts 5 --temperature 0.8]  # drafting
   python bench/mtp.py --size 10m --budget tokens --table   # the table of every arm in results.json, no training
   python bench/mtp.py --size 1m --cost   # what MTP costs in training tokens/s, measured side by side
@@ -47,8 +47,8 @@ from tinylm.checkpoint import find_checkpoint, load_checkpoint
 from tinylm.config import load_config
 from tinylm.data import TokenData, prepare_cached
 from tinylm.errors import TinyLMError
-from tinylm.faults import stop_on_sigterm
 from tinylm.eval.harness import run_benchmarks
+from tinylm.faults import stop_on_sigterm
 from tinylm.model import generate
 from tinylm.model.generate import generate_speculative
 from tinylm.tokenizer import Tokenizer
@@ -330,9 +330,8 @@ def main() -> None:
     ap.add_argument("--weights", type=float, nargs="+", default=[0.05, 0.1, 0.3])
     ap.add_argument("--schedules", nargs="+", default=["constant", "curriculum"])
     ap.add_argument("--only", choices=["baseline", "arms"],
-                    help="run only the baseline, or only the MTP arms: to run a seed's two sides at once, one per "
-                         "core, into two folders (BENCHMARKS.md: 'At ~30M, equal wall-clock, the two sides of a "
-                         "seed at once')")
+                    help="run only the baseline, or only the MTP arms (--paired runs a seed's two sides this way, "
+                         "one per core)")
     ap.add_argument("--paired", action="store_true",
                     help="train each seed's baseline and the one MTP arm given at the same moment, one per core, "
                          "so the host's drift hits both alike (default DIR: bench/results/mtp/"

@@ -1,4 +1,4 @@
-"""Does multi-token prediction help a tiny model's next-token head? (docs next-techniques.md §2.3's protocol)
+r"""Does multi-token prediction help a tiny model's next-token head? (docs next-techniques.md §2.3's protocol)
 
 Arms: a baseline without MTP, and for each variant (model.mtp=sequential: one DeepSeek-V3 module; parallel: one
 Gloeckle head) each weight λ under each schedule (constant, or the forward curriculum that ramps λ in over the
@@ -20,8 +20,8 @@ Usage:
   python bench/mtp.py --size 10m --budget seconds --amount 900 --seeds 0 1 2      # equal wall-clock, idle machine
   python bench/mtp.py --size 10m ... --tasks arc_easy,piqa,hellaswag --limit 500   # and zero-shot accuracy
   python bench/mtp.py --size 30m ... --only baseline   # one side only (--only arms: the other)
-  python bench/mtp.py --size 30m --budget seconds --variants parallel --weights 0.3 --schedules constant --paired
-      # one MTP arm: each seed's baseline and arm trained at the same moment, one per core
+  python bench/mtp.py --size 30m --budget seconds --amount 900 --variants parallel --weights 0.3 \
+      --schedules constant --paired   # one arm: each seed's baseline and arm at the same moment, one per core
   python bench/mtp.py --speculative DIR/runs/<run> [--tokens 200 --prompts 5 --temperature 0.8]  # drafting
   python bench/mtp.py --size 10m --budget tokens --table   # the table of every arm in results.json, no training
   python bench/mtp.py --size 1m --cost   # what MTP costs in training tokens/s, measured side by side

@@ -216,7 +216,9 @@ def run_paired(a: argparse.Namespace, grid: dict[str, list[str]], out: Path) -> 
             print(f"seed {seed}: {side} on core {core} (log: {side_out / 'log.txt'})", flush=True)
         try:
             with stop_on_sigterm():
-                failed = [side for side, proc in procs.items() if proc.wait() != 0]
+                while any(p.poll() is None for p in procs.values()) and not any(p.returncode for p in procs.values()):
+                    time.sleep(1)  # a side that fails stops the other at once (below), not after its whole budget
+                failed = [side for side, proc in procs.items() if proc.returncode]
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (Stopped)
             raise SystemExit(f"mtp.py: stopped; seed {seed}'s pair is not kept (run the same command again to "
                              "train it)")
@@ -226,7 +228,7 @@ def run_paired(a: argparse.Namespace, grid: dict[str, list[str]], out: Path) -> 
                     proc.terminate()
                     proc.wait()
         if failed:
-            raise SystemExit(f"mtp.py: seed {seed}: the {' and '.join(failed)} side failed; see "
+            raise SystemExit(f"mtp.py: seed {seed}: the {' and '.join(failed)} side{'s' * (len(failed) > 1)} failed; see "
                              + ", ".join(str(out / "sides" / f"{side}-seed{seed}" / "log.txt") for side in failed))
         for side in sides:
             rows += json.loads((out / "sides" / f"{side}-seed{seed}" / "results.json").read_text())

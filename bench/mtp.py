@@ -228,8 +228,9 @@ def run_paired(a: argparse.Namespace, grid: dict[str, list[str]], out: Path) -> 
                     proc.terminate()
                     proc.wait()
         if failed:
-            raise SystemExit(f"mtp.py: seed {seed}: the {' and '.join(failed)} side{'s' * (len(failed) > 1)} failed; see "
-                             + ", ".join(str(out / "sides" / f"{side}-seed{seed}" / "log.txt") for side in failed))
+            logs = ", ".join(str(out / "sides" / f"{side}-seed{seed}" / "log.txt") for side in failed)
+            raise SystemExit(f"mtp.py: seed {seed}: the {' and '.join(failed)} side{'s' * (len(failed) > 1)} failed; "
+                             f"see {logs}")
         for side in sides:
             rows += json.loads((out / "sides" / f"{side}-seed{seed}" / "results.json").read_text())
         results_file.write_text(json.dumps(rows, indent=1) + "\n")

@@ -198,6 +198,9 @@ def run_paired(a: argparse.Namespace, grid: dict[str, list[str]], out: Path) -> 
              f"{a.amount:g}", "--variants", *a.variants, "--weights", *(f"{w:g}" for w in a.weights), "--schedules",
              *a.schedules, "--cache-dir", a.cache_dir, "--limit", str(a.limit),
              *(["--tasks", a.tasks] if a.tasks else [])]
+    def side_dir(side: str, seed: int) -> Path:
+        return out / "sides" / f"{side}-seed{seed}"
+
     for seed in a.seeds:
         if {r["name"] for r in rows if r["seed"] == seed} >= {"baseline", arm}:
             continue
@@ -205,7 +208,7 @@ def run_paired(a: argparse.Namespace, grid: dict[str, list[str]], out: Path) -> 
         sides = {"baseline": cores[seed % 2], "arms": cores[1 - seed % 2]}
         procs = {}
         for side, core in sides.items():
-            side_out = out / "sides" / f"{side}-seed{seed}"
+            side_out = side_dir(side, seed)
             (side_out / "results.json").unlink(missing_ok=True)  # both sides train now, or neither row counts
             side_out.mkdir(parents=True, exist_ok=True)
             with (side_out / "log.txt").open("w") as log:
@@ -228,11 +231,11 @@ def run_paired(a: argparse.Namespace, grid: dict[str, list[str]], out: Path) -> 
                     proc.terminate()
                     proc.wait()
         if failed:
-            logs = ", ".join(str(out / "sides" / f"{side}-seed{seed}" / "log.txt") for side in failed)
+            logs = ", ".join(str(side_dir(side, seed) / "log.txt") for side in failed)
             raise SystemExit(f"mtp.py: seed {seed}: the {' and '.join(failed)} side{'s' * (len(failed) > 1)} failed; "
                              f"see {logs}")
         for side in sides:
-            rows += json.loads((out / "sides" / f"{side}-seed{seed}" / "results.json").read_text())
+            rows += json.loads((side_dir(side, seed) / "results.json").read_text())
         results_file.write_text(json.dumps(rows, indent=1) + "\n")
     return rows
 

@@ -24,6 +24,7 @@ Usage:
       --schedules constant --paired   # one arm: each seed's baseline and arm at the same moment, one per core
   python bench/mtp.py --speculative DIR/runs/<run> [--tokens 200 --prompts 5 --temperature 0.8]  # drafting
   python bench/mtp.py --size 10m --budget tokens --table   # the table of every arm in results.json, no training
+  python bench/mtp.py --size 30m --budget seconds --table --paired   # every --paired arm, one row each
   python bench/mtp.py --size 1m --cost   # what MTP costs in training tokens/s, measured side by side
 Results: DIR/results.json (resumable: finished runs are kept) and a markdown table on stdout
 (default DIR: bench/results/mtp/<size>-<budget>).
@@ -326,6 +327,37 @@ def speculative(run: Path, n_tokens: int, n_prompts: int, temperature: float) ->
           f"({plain_s / fast_s:.2f}x)")
 
 
+def paired_summary(root: Path, tokens_rows: list[dict]) -> str:
+    """One row per arm run with --paired (each a folder under ROOT): its difference in validation bits per byte
+    from the baseline trained at the same moment, per seed, their mean and how many are below zero, the arm's
+    tokens as a share of that baseline's, and beside it the same arm's mean difference at equal tokens
+    (TOKENS_ROWS, the matching equal-tokens sweep; "–" where it lacks the arm)."""
+    def deltas(rows: list[dict], name: str) -> dict[int, float]:
+        base = {r["seed"]: r["val_bpb"] for r in rows if r["name"] == "baseline"}
+        return {r["seed"]: r["val_bpb"] - base[r["seed"]] for r in rows if r["name"] == name and r["seed"] in base}
+
+    found = {}
+    for results_file in sorted(root.glob("*/results.json")):
+        rows = json.loads(results_file.read_text())
+        for name in {r["name"] for r in rows} - {"baseline"}:
+            found[name] = rows
+    lines = ["| arm | Δ bpb per seed (paired) | mean | seeds below 0 | arm's tokens ÷ baseline's | Δ at equal tokens |",
+             "|---|---|---:|---:|---:|---:|"]
+    for name in sorted(found, key=arm_order):
+        rows = found[name]
+        paired = deltas(rows, name)
+        if not paired:
+            continue
+        tokens = {r["seed"]: r["tokens"] for r in rows if r["name"] == "baseline"}
+        ratios = [r["tokens"] / tokens[r["seed"]] for r in rows if r["name"] == name and r["seed"] in tokens]
+        at_tokens = deltas(tokens_rows, name)
+        values = [paired[seed] for seed in sorted(paired)]
+        lines.append(f"| {name} | {', '.join(f'{d:+.4f}' for d in values)} | {statistics.mean(values):+.4f} | "
+                     f"{sum(d < 0 for d in values)} of {len(values)} | {min(ratios):.3f}–{max(ratios):.3f} | "
+                     + (f"{statistics.mean(at_tokens.values()):+.4f} |" if at_tokens else "– |"))
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=list(SIZES), default="1m")
@@ -347,7 +379,9 @@ def main() -> None:
     ap.add_argument("--tasks", help="zero-shot tasks to score every run on, comma-separated (see tinylm eval --help)")
     ap.add_argument("--limit", type=int, default=500, help="--tasks: the first N items of each task")
     ap.add_argument("--table", action="store_true",
-                    help="print the table of every arm already in DIR/results.json, training nothing")
+                    help="print the table of every arm already in DIR/results.json, training nothing (with "
+                         "--paired: one row per arm trained with --paired under DIR, default bench/results/mtp/"
+                         "<size>-<budget>-paired, beside its Δ at equal tokens)")
     ap.add_argument("--cost", action="store_true",
                     help="measure MTP's training tokens/s against the baseline's side by side, training nothing to "
                          "score (results: DIR/cost.json)")
@@ -358,11 +392,17 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=5, help="--speculative: prompts from the validation split")
     ap.add_argument("--temperature", type=float, default=0.0, help="--speculative: 0 = greedy")
     a = ap.parse_args()
-    if (a.only or a.paired) and (a.speculative or a.table or a.cost):
-        ap.error("--only and --paired choose how a sweep trains; --table, --cost and --speculative train no sweep")
+    if (a.only and (a.speculative or a.table or a.cost)) or (a.paired and (a.speculative or a.cost)):
+        ap.error("--only and --paired choose how a sweep trains; --cost and --speculative train no sweep "
+                 "(--table --paired: the summary of every arm trained with --paired)")
     if a.speculative:
         return speculative(a.speculative, a.tokens, a.prompts, a.temperature)
     out = a.out or Path("bench/results/mtp") / f"{a.size}-{a.budget}"
+    if a.table and a.paired:
+        root = a.out or Path("bench/results/mtp") / f"{a.size}-{a.budget}-paired"
+        tokens_file = Path("bench/results/mtp") / f"{a.size}-tokens" / "results.json"
+        tokens_rows = json.loads(tokens_file.read_text()) if tokens_file.is_file() else []
+        return print(paired_summary(root, tokens_rows))
     if a.table:
         results_file = out / "results.json"
         if not results_file.is_file():

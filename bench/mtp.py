@@ -336,6 +336,9 @@ def paired_summary(root: Path, tokens_rows: list[dict]) -> str:
         base = {r["seed"]: r["val_bpb"] for r in rows if r["name"] == "baseline"}
         return {r["seed"]: r["val_bpb"] - base[r["seed"]] for r in rows if r["name"] == name and r["seed"] in base}
 
+    def signed(value: float) -> str:
+        return f"{value:+.4f}".replace("-", "−")
+
     found = {}
     for results_file in sorted(root.glob("*/results.json")):
         rows = json.loads(results_file.read_text())
@@ -352,9 +355,9 @@ def paired_summary(root: Path, tokens_rows: list[dict]) -> str:
         ratios = [r["tokens"] / tokens[r["seed"]] for r in rows if r["name"] == name and r["seed"] in tokens]
         at_tokens = deltas(tokens_rows, name)
         values = [paired[seed] for seed in sorted(paired)]
-        lines.append(f"| {name} | {', '.join(f'{d:+.4f}' for d in values)} | {statistics.mean(values):+.4f} | "
+        lines.append(f"| {name} | {', '.join(map(signed, values))} | {signed(statistics.mean(values))} | "
                      f"{sum(d < 0 for d in values)} of {len(values)} | {min(ratios):.3f}–{max(ratios):.3f} | "
-                     + (f"{statistics.mean(at_tokens.values()):+.4f} |" if at_tokens else "– |"))
+                     + (f"{signed(statistics.mean(at_tokens.values()))} |" if at_tokens else "– |"))
     return "\n".join(lines)
 
 

@@ -270,11 +270,16 @@ def cost(size: str, steps: int, bursts: int, cache_dir: str, out: Path) -> dict:
             "ratio_to_baseline": {n: rates[n] / rates["baseline"] for n in sides}}
 
 
+def seed_deltas(rows: list[dict], name: str) -> dict[int, float]:
+    """Arm NAME's validation bits per byte minus the baseline's, per seed both have in ROWS."""
+    base = {r["seed"]: r["val_bpb"] for r in rows if r["name"] == "baseline"}
+    return {r["seed"]: r["val_bpb"] - base[r["seed"]] for r in rows if r["name"] == name and r["seed"] in base}
+
+
 def table(rows: list[dict], names: list[str]) -> str:
     def spread(values: list[float]) -> str:
         return f"{max(values) - min(values):.4f}" if len(values) > 1 else "–"
 
-    base = {r["seed"]: r["val_bpb"] for r in rows if r["name"] == "baseline"}
     # zero-shot columns: the tasks every row of the table has, at one limit
     shown = [r for r in rows if r["name"] in names]
     tasks = sorted(set.intersection(*[set(r.get("zero_shot", {})) for r in shown])) if shown else []
@@ -288,7 +293,7 @@ def table(rows: list[dict], names: list[str]) -> str:
         if not rs:
             continue
         bpb = [r["val_bpb"] for r in rs]
-        paired = [r["val_bpb"] - base[r["seed"]] for r in rs if r["seed"] in base]
+        paired = list(seed_deltas(rows, name).values())
         delta = (f"{statistics.mean(paired):+.4f} ({', '.join(f'{d:+.4f}' for d in paired)})"
                  if paired and name != "baseline" else "–")
         ind2 = statistics.mean(r["induction"]["second_mention"] for r in rs)
@@ -332,10 +337,6 @@ def paired_summary(root: Path, tokens_rows: list[dict]) -> str:
     from the baseline trained at the same moment, per seed, their mean and how many are below zero, the arm's
     tokens as a share of that baseline's, and beside it the same arm's mean difference at equal tokens
     (TOKENS_ROWS, the matching equal-tokens sweep; "–" where it lacks the arm)."""
-    def deltas(rows: list[dict], name: str) -> dict[int, float]:
-        base = {r["seed"]: r["val_bpb"] for r in rows if r["name"] == "baseline"}
-        return {r["seed"]: r["val_bpb"] - base[r["seed"]] for r in rows if r["name"] == name and r["seed"] in base}
-
     def signed(value: float) -> str:
         return f"{value:+.4f}".replace("-", "−")
 
@@ -344,16 +345,18 @@ def paired_summary(root: Path, tokens_rows: list[dict]) -> str:
         rows = json.loads(results_file.read_text())
         for name in {r["name"] for r in rows} - {"baseline"}:
             found[name] = rows
+    if not found:
+        raise SystemExit(f"mtp.py: no arm trained with --paired under {root}; run one first (see --help)")
     lines = ["| arm | Δ bpb per seed (paired) | mean | seeds below 0 | arm's tokens ÷ baseline's | Δ at equal tokens |",
              "|---|---|---:|---:|---:|---:|"]
     for name in sorted(found, key=arm_order):
         rows = found[name]
-        paired = deltas(rows, name)
+        paired = seed_deltas(rows, name)
         if not paired:
             continue
         tokens = {r["seed"]: r["tokens"] for r in rows if r["name"] == "baseline"}
         ratios = [r["tokens"] / tokens[r["seed"]] for r in rows if r["name"] == name and r["seed"] in tokens]
-        at_tokens = deltas(tokens_rows, name)
+        at_tokens = seed_deltas(tokens_rows, name)
         values = [paired[seed] for seed in sorted(paired)]
         lines.append(f"| {name} | {', '.join(map(signed, values))} | {signed(statistics.mean(values))} | "
                      f"{sum(d < 0 for d in values)} of {len(values)} | {min(ratios):.3f}–{max(ratios):.3f} | "

@@ -403,10 +403,12 @@ def main() -> None:
                  "(--table --paired: the summary of every arm trained with --paired)")
     if a.speculative:
         return speculative(a.speculative, a.tokens, a.prompts, a.temperature)
-    out = a.out or Path("bench/results/mtp") / f"{a.size}-{a.budget}"
+    results = Path("bench/results/mtp")
+    out = a.out or results / f"{a.size}-{a.budget}"
+    paired_root = results / f"{a.size}-{a.budget}-paired"  # --paired: one folder per arm under it
     if a.table and a.paired:
-        root = a.out or Path("bench/results/mtp") / f"{a.size}-{a.budget}-paired"
-        tokens_file = Path("bench/results/mtp") / f"{a.size}-tokens" / "results.json"
+        root = a.out or paired_root
+        tokens_file = results / f"{a.size}-tokens" / "results.json"
         tokens_rows = json.loads(tokens_file.read_text()) if tokens_file.is_file() else []
         return print(paired_summary(root, tokens_rows))
     if a.table:
@@ -428,8 +430,7 @@ def main() -> None:
     if a.paired:
         if a.only or len(grid) != 2:
             ap.error("--paired takes one MTP arm (one variant, one weight, one schedule) and no --only")
-        out = a.out or (Path("bench/results/mtp") / f"{a.size}-{a.budget}-paired"
-                        / f"{a.variants[0]}-{a.weights[0]:g}-{a.schedules[0]}")
+        out = a.out or paired_root / f"{a.variants[0]}-{a.weights[0]:g}-{a.schedules[0]}"
         return print(table(run_paired(a, grid, out), list(grid)))
     if a.only == "baseline":
         grid = {"baseline": grid["baseline"]}
